@@ -45,6 +45,7 @@
 //! assert!(ok.to_bytes().starts_with(b"SIP/2.0 200 OK\r\n"));
 //! ```
 
+pub mod digest;
 pub mod header;
 pub mod message;
 pub mod parse;
