@@ -51,6 +51,7 @@ pub mod message;
 pub mod parse;
 pub mod reply;
 pub(crate) mod scan;
+pub mod transaction;
 pub mod uri;
 pub mod validate;
 
