@@ -46,6 +46,7 @@
 //! ```
 
 pub mod digest;
+pub mod fuzzing;
 pub mod header;
 pub mod message;
 pub mod parse;
