@@ -216,7 +216,7 @@ impl ClientTransaction {
         if transport == Transport::Unreliable {
             tx.timers.arm(retransmit, now + config.t1);
         }
-        tx.timers.arm(give_up, now + 64 * config.t1);
+        tx.timers.arm(give_up, now + config.t1.saturating_mul(64));
         tx
     }
 
@@ -295,7 +295,10 @@ impl ClientTransaction {
                         .push_back(Action::PassToTu(Message::Response(response)));
                     let (timer, wait) = if self.invite {
                         // "at least 32 seconds" (§17.1.1.2)
-                        (Timer::D, Duration::from_secs(32).max(64 * self.config.t1))
+                        (
+                            Timer::D,
+                            Duration::from_secs(32).max(self.config.t1.saturating_mul(64)),
+                        )
                     } else {
                         (Timer::K, self.config.t4)
                     };
@@ -323,7 +326,7 @@ impl ClientTransaction {
         match timer {
             Timer::A => {
                 // INVITE: the interval doubles without the T2 cap.
-                self.interval *= 2;
+                self.interval = self.interval.saturating_mul(2);
                 self.timers.arm(Timer::A, now + self.interval);
                 self.actions
                     .push_back(Action::Send(Message::Request(self.request.clone())));
@@ -332,7 +335,7 @@ impl ClientTransaction {
                 self.interval = if self.state == ClientState::Proceeding {
                     self.config.t2
                 } else {
-                    (self.interval * 2).min(self.config.t2)
+                    self.interval.saturating_mul(2).min(self.config.t2)
                 };
                 self.timers.arm(Timer::E, now + self.interval);
                 self.actions
@@ -554,10 +557,13 @@ impl ServerTransaction {
             if self.transport == Transport::Unreliable {
                 self.timers.arm(Timer::G, now + self.config.t1);
             }
-            self.timers.arm(Timer::H, now + 64 * self.config.t1);
+            self.timers
+                .arm(Timer::H, now + self.config.t1.saturating_mul(64));
         } else {
             match self.transport {
-                Transport::Unreliable => self.timers.arm(Timer::J, now + 64 * self.config.t1),
+                Transport::Unreliable => self
+                    .timers
+                    .arm(Timer::J, now + self.config.t1.saturating_mul(64)),
                 Transport::Reliable => self.terminate(),
             }
         }
@@ -574,7 +580,7 @@ impl ServerTransaction {
                 self.last_response = Some(trying);
             }
             Timer::G => {
-                self.interval = (self.interval * 2).min(self.config.t2);
+                self.interval = self.interval.saturating_mul(2).min(self.config.t2);
                 self.timers.arm(Timer::G, now + self.interval);
                 self.resend_last();
             }
