@@ -1170,11 +1170,9 @@ impl Engine {
                 return;
             }
             // Conversations transferred to this operator by name come first.
-            let personal = op
-                .personal
-                .values()
-                .copied()
-                .find(|&ci| ready[self.conv(ci).channel.index()]);
+            let personal = op.personal.values().copied().find(|&ci| {
+                ready[self.conv(ci).channel.index()] && !self.conv(ci).excludes(oi, now)
+            });
             let best = personal.or_else(|| {
                 let mut best: Option<(LineKey, u32)> = None;
                 for oc in &op.classes {
@@ -1667,7 +1665,10 @@ impl Engine {
                     let conv = self.conv_mut(ci);
                     conv.excluded.retain(|&(_, u)| u > now);
                     if conv.state == ConvState::Waiting {
-                        self.dirty_convs.push(ci);
+                        match conv.pinned {
+                            Some(oi) => self.dirty_ops.push(oi),
+                            None => self.dirty_convs.push(ci),
+                        }
                     }
                 }
             }
