@@ -1,0 +1,237 @@
+//! Start-up: [`Application::build`] opens the store, applies migrations,
+//! synchronises the configured organizations and queues, creates the first
+//! admin when there is nobody, connects the bus and binds every listener,
+//! exposing the bound addresses (tests bind port 0). [`Application::run`]
+//! serves until the shutdown token is cancelled, then lets in-flight
+//! requests finish within the configured grace period.
+
+use std::net::SocketAddr;
+use std::ops::Deref;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth;
+use crate::bus::Bus;
+use crate::config::Settings;
+use crate::ratelimit::RateLimiter;
+use crate::store::{NewUser, Role, Store, StoreError};
+
+/// Shared by every handler; cheap to clone.
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+pub struct Inner {
+    pub settings: Settings,
+    pub store: Store,
+    pub bus: Bus,
+    pub login_per_user: RateLimiter,
+    pub login_per_address: RateLimiter,
+    /// A real argon2 hash to verify against when the username is unknown,
+    /// so a failed login takes as long whether or not the user exists.
+    pub dummy_hash: String,
+}
+
+impl Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl AppState {
+    pub fn new(settings: Settings, store: Store, bus: Bus) -> anyhow::Result<Self> {
+        let window = Duration::from_secs(settings.auth.login_window_seconds);
+        let dummy_hash = auth::hash_password(&auth::random_password(24))?;
+        Ok(Self(Arc::new(Inner {
+            login_per_user: RateLimiter::new(settings.auth.login_failures_per_user, window),
+            login_per_address: RateLimiter::new(settings.auth.login_attempts_per_address, window),
+            dummy_hash,
+            settings,
+            store,
+            bus,
+        })))
+    }
+}
+
+pub struct Application {
+    http: TcpListener,
+    http_addr: SocketAddr,
+    state: AppState,
+    shutdown: CancellationToken,
+}
+
+/// Where the generated first admin password is written.
+pub fn initial_password_path(settings: &Settings) -> PathBuf {
+    settings.data_dir.join("initial-admin-password")
+}
+
+impl Application {
+    /// Everything that can fail at start fails here, before anything is served.
+    pub async fn build(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<Self> {
+        crate::api::health::metrics_handle();
+        std::fs::create_dir_all(&settings.data_dir)
+            .with_context(|| format!("creating data_dir {}", settings.data_dir.display()))?;
+        let store = Store::connect(&settings.database_url)
+            .await
+            .context("opening the store (database_url)")?;
+        store.migrate().await.context("applying migrations")?;
+        sync_config(&settings, &store).await?;
+        bootstrap_admin(&settings, &store).await?;
+        let bus = match &settings.redis_url {
+            Some(url) => Bus::redis(url, &settings.redis_prefix, shutdown.child_token())
+                .await
+                .context("connecting the event bus (redis_url)")?,
+            None => Bus::in_process(),
+        };
+        let http = TcpListener::bind(settings.http_addr)
+            .await
+            .with_context(|| format!("binding http_addr {}", settings.http_addr))?;
+        let http_addr = http.local_addr()?;
+        let state =
+            tokio::task::spawn_blocking(move || AppState::new(settings, store, bus)).await??;
+        tracing::info!(
+            %http_addr,
+            store = state.store.backend(),
+            bus = state.bus.kind(),
+            "ccu is ready"
+        );
+        Ok(Self {
+            http,
+            http_addr,
+            state,
+            shutdown,
+        })
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until the shutdown token is cancelled, then waits for
+    /// in-flight requests (at most `http.shutdown_grace_seconds`).
+    pub async fn run(self) -> anyhow::Result<()> {
+        let grace = Duration::from_secs(self.state.settings.http.shutdown_grace_seconds);
+        let housekeeping = tokio::spawn(housekeeping(
+            self.state.clone(),
+            self.shutdown.child_token(),
+        ));
+        let router = crate::api::router(self.state.clone());
+        let shutdown = self.shutdown.clone();
+        let server = axum::serve(
+            self.http,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        let mut server = std::pin::pin!(server.into_future());
+        tokio::select! {
+            result = &mut server => result.context("http server")?,
+            _ = shutdown.cancelled() => {
+                tracing::info!(grace_seconds = grace.as_secs(), "shutting down: finishing in-flight requests");
+                match tokio::time::timeout(grace, &mut server).await {
+                    Ok(result) => result.context("http server")?,
+                    Err(_) => tracing::warn!("grace period over; dropping the remaining connections"),
+                }
+            }
+        }
+        housekeeping.abort();
+        self.state.store.close().await;
+        tracing::info!("ccu stopped");
+        Ok(())
+    }
+}
+
+/// Periodic chores: expired sessions and idle rate-limit buckets.
+async fn housekeeping(state: AppState, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = std::time::Instant::now();
+        state.login_per_user.prune(now);
+        state.login_per_address.prune(now);
+        if let Err(err) = state.store.purge_expired_sessions(crate::now_ms()).await {
+            tracing::warn!(%err, "purging expired sessions failed");
+        }
+    }
+}
+
+/// Config is the source of truth for organizations and queues; the store
+/// keeps a copy so rows can reference them and history survives a rename.
+pub async fn sync_config(settings: &Settings, store: &Store) -> anyhow::Result<()> {
+    let now = crate::now_ms();
+    for (id, org) in &settings.organizations {
+        store
+            .upsert_organization(id, &org.name, org.city, now)
+            .await?;
+    }
+    for (id, queue) in &settings.queues {
+        store.upsert_queue(id, queue, now).await?;
+    }
+    Ok(())
+}
+
+/// No default passwords: with no users at all, create `admin` in the city's
+/// organization with a random password written once, mode 0600, to
+/// `data_dir/initial-admin-password`.
+async fn bootstrap_admin(settings: &Settings, store: &Store) -> anyhow::Result<()> {
+    if store.count_users().await? > 0 {
+        return Ok(());
+    }
+    let password = auth::random_password(24);
+    let hash = {
+        let password = password.clone();
+        tokio::task::spawn_blocking(move || auth::hash_password(&password)).await??
+    };
+    let admin = NewUser {
+        username: "admin".into(),
+        display_name: "Amministratore".into(),
+        password_hash: hash,
+        role: Role::Admin,
+        organization_id: settings.city_organization().to_owned(),
+        grants: Vec::new(),
+        skills: Default::default(),
+        languages: vec!["it".into()],
+        capacity: Default::default(),
+    };
+    match store.create_user(&admin, crate::now_ms()).await {
+        Ok(_) => {}
+        // Another node sharing the database got there first.
+        Err(StoreError::Conflict(_)) => return Ok(()),
+        Err(err) => return Err(err.into()),
+    }
+    let path = initial_password_path(settings);
+    write_secret(&path, &format!("{password}\n"))
+        .with_context(|| format!("writing {}", path.display()))?;
+    tracing::warn!(
+        path = %path.display(),
+        "no users existed: created user \"admin\"; its password is in this file (read it, log in, change it, delete the file)"
+    );
+    Ok(())
+}
+
+fn write_secret(path: &std::path::Path, content: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    // `mode` applies only when the file is created; an old file keeps its
+    // permissions unless we set them.
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    file.write_all(content.as_bytes())?;
+    file.sync_all()
+}

@@ -1,0 +1,219 @@
+//! Authentication and authorization: argon2id password hashes, opaque
+//! session tokens, and extractors that admit a request only with a live
+//! session and a sufficient role.
+//!
+//! A session token is 32 random bytes. The browser gets it in an HttpOnly,
+//! SameSite=Strict cookie (so page scripts cannot read it and other sites
+//! cannot send it); scripts send the same token as `Authorization: Bearer`.
+//! The store keeps only its SHA-256, so a leaked database holds no usable
+//! session. Tokens are opaque rather than JWTs so logout and deactivation
+//! take effect at once.
+
+use std::marker::PhantomData;
+
+use argon2::Argon2;
+use argon2::password_hash::phc::PasswordHash;
+use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+use axum::extract::FromRequestParts;
+use axum::http::header::{AUTHORIZATION, COOKIE};
+use axum::http::request::Parts;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use sha2::{Digest, Sha256};
+
+use crate::api::error::ApiError;
+use crate::app::AppState;
+use crate::store::{Role, Scope, User};
+
+pub const SESSION_COOKIE: &str = "ccu_session";
+
+#[derive(Debug, thiserror::Error)]
+pub enum PasswordError {
+    #[error("password hashing failed: {0}")]
+    Hash(String),
+}
+
+/// Hashes with argon2id and the crate's default (OWASP-recommended)
+/// parameters. CPU-heavy on purpose: call it from `spawn_blocking`.
+pub fn hash_password(password: &str) -> Result<String, PasswordError> {
+    Argon2::default()
+        .hash_password(password.as_bytes())
+        .map(|hash| hash.to_string())
+        .map_err(|e| PasswordError::Hash(e.to_string()))
+}
+
+/// Constant-time verification against a stored PHC string; a malformed
+/// stored hash verifies nothing.
+pub fn verify_password(password: &str, stored: &str) -> bool {
+    match PasswordHash::new(stored) {
+        Ok(hash) => Argon2::default()
+            .verify_password(password.as_bytes(), &hash)
+            .is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// Random bytes from the operating system, base64url-encoded.
+pub fn random_token(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    // The OS generator failing is not something to limp along without.
+    getrandom::fill(&mut buf).expect("the operating system's random generator failed");
+    URL_SAFE_NO_PAD.encode(buf)
+}
+
+/// A password for people to type: no look-alike characters.
+pub fn random_password(len: usize) -> String {
+    const ALPHABET: &[u8] = b"abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+    let mut buf = vec![0u8; len];
+    getrandom::fill(&mut buf).expect("the operating system's random generator failed");
+    // 256 % 56 != 0 leaves a tiny bias; with 24 characters the password
+    // still carries well over 128 bits.
+    buf.iter()
+        .map(|b| char::from(ALPHABET[usize::from(*b) % ALPHABET.len()]))
+        .collect()
+}
+
+pub fn token_hash(token: &str) -> String {
+    let digest = Sha256::digest(token.as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Which organizations a user sees. The city's supervisors and admins see
+/// everything; everyone else sees their organization and explicit grants,
+/// and operators also whatever is assigned to them.
+pub fn scope_for(user: &User, city_organization: &str) -> Scope {
+    if user.organization_id == city_organization && user.role >= Role::Supervisor {
+        return Scope::All;
+    }
+    let mut organizations = vec![user.organization_id.clone()];
+    organizations.extend(user.grants.iter().cloned());
+    Scope::Organizations {
+        organizations,
+        assigned_to: Some(user.id),
+    }
+}
+
+/// The token a request carries: a bearer header first, then the cookie.
+pub fn request_token(parts: &Parts) -> Option<String> {
+    if let Some(value) = parts
+        .headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        let (scheme, token) = value.split_once(' ')?;
+        return scheme
+            .eq_ignore_ascii_case("bearer")
+            .then(|| token.trim().to_owned())
+            .filter(|t| !t.is_empty());
+    }
+    parts
+        .headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == SESSION_COOKIE)
+        .map(|(_, value)| value.to_owned())
+        .filter(|t| !t.is_empty())
+}
+
+/// A live session: who is asking and what they may see.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub user: User,
+    pub scope: Scope,
+    pub token_hash: String,
+    pub expires_at: i64,
+}
+
+/// The least role a route needs.
+pub trait MinRole: Send + Sync + 'static {
+    const ROLE: Role;
+}
+
+pub struct AnyRole;
+impl MinRole for AnyRole {
+    const ROLE: Role = Role::Operator;
+}
+
+pub struct SupervisorRole;
+impl MinRole for SupervisorRole {
+    const ROLE: Role = Role::Supervisor;
+}
+
+pub struct AdminRole;
+impl MinRole for AdminRole {
+    const ROLE: Role = Role::Admin;
+}
+
+/// Extractor: a request with a live session whose role is at least `R`.
+/// Missing or dead credentials give 401, a lesser role 403. Put it first in
+/// a handler's arguments so authorization is decided before the body is read.
+pub struct Auth<R: MinRole = AnyRole> {
+    pub session: Session,
+    _role: PhantomData<R>,
+}
+
+pub type AdminAuth = Auth<AdminRole>;
+pub type SupervisorAuth = Auth<SupervisorRole>;
+
+impl<R: MinRole> std::ops::Deref for Auth<R> {
+    type Target = Session;
+    fn deref(&self) -> &Session {
+        &self.session
+    }
+}
+
+impl<R: MinRole> FromRequestParts<AppState> for Auth<R> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = request_token(parts).ok_or(ApiError::Unauthorized)?;
+        let hash = token_hash(&token);
+        let (user, expires_at) = state
+            .store
+            .session_user(&hash, crate::now_ms())
+            .await?
+            .ok_or(ApiError::Unauthorized)?;
+        if user.role < R::ROLE {
+            return Err(ApiError::Forbidden);
+        }
+        let scope = scope_for(&user, state.settings.city_organization());
+        Ok(Self {
+            session: Session {
+                user,
+                scope,
+                token_hash: hash,
+                expires_at,
+            },
+            _role: PhantomData,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hash_verifies_its_password_only() {
+        let hash = hash_password("corretto cavallo batteria").unwrap();
+        assert!(hash.starts_with("$argon2id$"));
+        assert!(verify_password("corretto cavallo batteria", &hash));
+        assert!(!verify_password("corretto cavallo batterie", &hash));
+        assert!(!verify_password("anything", "not a phc string"));
+    }
+
+    #[test]
+    fn tokens_are_random_and_hashes_are_hex() {
+        let (a, b) = (random_token(32), random_token(32));
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 43);
+        assert_eq!(token_hash(&a).len(), 64);
+        assert_ne!(token_hash(&a), token_hash(&b));
+        let password = random_password(24);
+        assert_eq!(password.chars().count(), 24);
+        assert!(!password.contains(['0', 'O', 'l', '1', 'I']));
+    }
+}

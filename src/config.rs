@@ -1,0 +1,720 @@
+//! Typed settings in layers: `config/default.toml` (or the file named by
+//! `--config`), then `CCU_...` environment variables.
+//!
+//! Every key can be overridden from the environment. Top-level keys map
+//! directly (`CCU_HTTP_ADDR` sets `http_addr`); nested keys use a double
+//! underscore (`CCU_AUTH__SESSION_TTL_SECONDS`, `CCU_QUEUES__ANAGRAFE__PRIORITY`).
+//! Unknown keys are refused, so a typo never silently falls back to a default.
+//! After parsing, [`Settings::validate`] checks the cross-references (a
+//! queue's organization, skills, schedule, overflow target...) and names the
+//! offending key in its error, so the server refuses to start with a message
+//! an administrator can act on.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use ccu_routing::calendar::{HolidayCalendar, OpeningHours, WeeklyHours};
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use serde::{Deserialize, Serialize};
+
+/// The default configuration file, relative to the working directory.
+pub const DEFAULT_CONFIG_PATH: &str = "config/default.toml";
+
+/// Environment variables with the `CCU_` prefix that are not settings: test
+/// harness knobs and the config path itself.
+const NOT_SETTINGS: &[&str] = &[
+    "config",
+    "test_database_url",
+    "test_redis_url",
+    "shared_dir",
+];
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid configuration: {key}: {reason}")]
+pub struct ConfigError {
+    /// The dotted path of the offending key, e.g. `queues.anagrafe.skills.foo`.
+    pub key: String,
+    pub reason: String,
+}
+
+impl ConfigError {
+    fn new(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub http_addr: SocketAddr,
+    pub sip_addr: SocketAddr,
+    pub smtp_addr: SocketAddr,
+    /// `sqlite://PATH` (the embedded default) or `postgres://...`.
+    pub database_url: String,
+    /// Unset: the in-process event bus. Set: Redis pub/sub.
+    #[serde(default)]
+    pub redis_url: Option<String>,
+    /// Channel prefix on Redis, so several deployments (or tests) can share one server.
+    #[serde(default = "default_redis_prefix")]
+    pub redis_prefix: String,
+    pub data_dir: PathBuf,
+    #[serde(default)]
+    pub log_format: LogFormat,
+    pub time_zone: String,
+    pub http: HttpSettings,
+    pub auth: AuthSettings,
+    pub capacity: CapacitySettings,
+    pub holidays: HolidaySettings,
+    pub languages: Vec<String>,
+    pub organizations: BTreeMap<String, Organization>,
+    pub skills: BTreeMap<String, Skill>,
+    pub wrap_up_codes: BTreeMap<String, String>,
+    pub schedules: BTreeMap<String, Schedule>,
+    pub queues: BTreeMap<String, Queue>,
+}
+
+fn default_redis_prefix() -> String {
+    "ccu".to_owned()
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSettings {
+    /// Largest request body accepted; bigger ones get 413.
+    pub body_limit_bytes: usize,
+    /// A request still running after this long gets 408.
+    pub request_timeout_seconds: u64,
+    /// How long a shutdown waits for in-flight requests.
+    pub shutdown_grace_seconds: u64,
+    /// Take the client address from `X-Forwarded-For` (only behind a trusted proxy).
+    pub trust_forwarded_for: bool,
+    /// Serve `/metrics` to any address; when false, only to loopback peers.
+    pub metrics_public: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    /// Session lifetime; 12 hours covers one shift.
+    pub session_ttl_seconds: u64,
+    /// Mark the session cookie `Secure` (set when served over HTTPS).
+    pub cookie_secure: bool,
+    /// Failed logins allowed per username before it is throttled.
+    pub login_failures_per_user: u32,
+    /// Login attempts allowed per client address.
+    pub login_attempts_per_address: u32,
+    /// The window both login limits refill over.
+    pub login_window_seconds: u64,
+    pub min_password_length: usize,
+}
+
+/// Default simultaneous conversations per channel for an operator.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CapacitySettings {
+    pub voice: u32,
+    pub chat: u32,
+    pub email: u32,
+    pub webform: u32,
+    /// Whether an operator with open chats may still be offered a call.
+    pub call_while_chatting: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HolidaySettings {
+    /// `it` for the Italian national holidays, `none` for no built-in ones.
+    pub national: String,
+    /// Local closures: `MM-DD` every year (the patron saint) or `YYYY-MM-DD` once.
+    #[serde(default)]
+    pub local: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Organization {
+    pub name: String,
+    /// The city itself: its supervisors and admins see every organization.
+    #[serde(default)]
+    pub city: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Skill {
+    pub name: String,
+}
+
+/// Opening ranges per weekday, e.g. `mon = "08:30-12:30,14:30-16:30"`.
+/// A day left out is closed.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Schedule {
+    pub mon: Option<String>,
+    pub tue: Option<String>,
+    pub wed: Option<String>,
+    pub thu: Option<String>,
+    pub fri: Option<String>,
+    pub sat: Option<String>,
+    pub sun: Option<String>,
+}
+
+impl Schedule {
+    fn days(&self) -> Vec<(&'static str, &str)> {
+        [
+            ("mon", &self.mon),
+            ("tue", &self.tue),
+            ("wed", &self.wed),
+            ("thu", &self.thu),
+            ("fri", &self.fri),
+            ("sat", &self.sat),
+            ("sun", &self.sun),
+        ]
+        .into_iter()
+        .filter_map(|(day, ranges)| ranges.as_deref().map(|r| (day, r)))
+        .collect()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Channel {
+    Voice,
+    Chat,
+    Email,
+    Webform,
+}
+
+impl Channel {
+    pub const ALL: [Channel; 4] = [
+        Channel::Voice,
+        Channel::Chat,
+        Channel::Email,
+        Channel::Webform,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Channel::Voice => "voice",
+            Channel::Chat => "chat",
+            Channel::Email => "email",
+            Channel::Webform => "webform",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.as_str() == text)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    LongestIdle,
+    BestSkill,
+    LeastBusy,
+    RoundRobin,
+    RingAll,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MaxWaitAction {
+    /// Keep the place in line and ring the citizen back.
+    Callback,
+    /// Take a voice message / leave the written request for later.
+    Voicemail,
+    /// Close with a message.
+    Close,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClosedAction {
+    /// Play / show the closed message and end.
+    Message,
+    /// Suggest the web form (chat) or take a message (voice).
+    SuggestWebform,
+    /// Accept and keep it queued for the next opening (mail, forms).
+    Queue,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceLevel {
+    /// Answered within this many seconds counts as in service level.
+    pub target_seconds: u32,
+    /// The goal, e.g. 80 (%).
+    pub target_percent: u32,
+}
+
+/// One step of overflow over time; the conversation keeps its enqueue time.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OverflowStep {
+    pub after_seconds: u32,
+    /// Lower every required skill's minimum level to this.
+    #[serde(default)]
+    pub relax_min_level: Option<u8>,
+    /// Also accept operators with these skills (skill -> minimum level).
+    #[serde(default)]
+    pub add_skills: BTreeMap<String, u8>,
+    /// Move the conversation to another queue.
+    #[serde(default)]
+    pub to_queue: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Queue {
+    pub name: String,
+    pub organization: String,
+    /// Other organizations whose operators may take this queue's conversations.
+    #[serde(default)]
+    pub shared_with: Vec<String>,
+    pub channels: Vec<Channel>,
+    /// Required skills with minimum levels (1-10).
+    pub skills: BTreeMap<String, u8>,
+    pub languages: Vec<String>,
+    /// Higher is served first.
+    pub priority: i32,
+    pub strategy: Strategy,
+    pub schedule: String,
+    /// Whether public holidays close this queue.
+    pub holidays: bool,
+    pub offer_timeout_seconds: u32,
+    /// Missed offers in a row that put an operator on "not ready".
+    pub max_missed_offers: u32,
+    pub wrap_up_seconds: u32,
+    pub wrap_up_codes: Vec<String>,
+    pub service_level: ServiceLevel,
+    pub short_abandon_seconds: u32,
+    pub max_wait_seconds: u32,
+    pub max_wait_action: MaxWaitAction,
+    pub closed_action: ClosedAction,
+    #[serde(default)]
+    pub overflow: Vec<OverflowStep>,
+}
+
+impl Settings {
+    /// Loads `path` (the default file when `None`) and the `CCU_` environment.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let path = path.unwrap_or(Path::new(DEFAULT_CONFIG_PATH));
+        if !path.exists() {
+            return Err(ConfigError::new(
+                "--config",
+                format!("file {} not found", path.display()),
+            ));
+        }
+        let env = Env::prefixed("CCU_").split("__").filter(|key| {
+            !NOT_SETTINGS
+                .iter()
+                .any(|n| key.as_str().eq_ignore_ascii_case(n))
+        });
+        Self::from_figment(Figment::new().merge(Toml::file(path)).merge(env))
+    }
+
+    /// Parses and validates settings from any provider stack (tests use this
+    /// to start from the default file and change a few keys).
+    pub fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
+        let settings: Settings = figment.extract().map_err(|err| {
+            let key = err.path.join(".");
+            let key = if key.is_empty() {
+                "(top level)".to_owned()
+            } else {
+                key
+            };
+            ConfigError::new(key, err.kind.to_string())
+        })?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    pub fn zone(&self) -> chrono_tz::Tz {
+        // validate() has checked it parses.
+        self.time_zone.parse().unwrap_or(chrono_tz::Europe::Rome)
+    }
+
+    pub fn holiday_calendar(&self) -> Result<HolidayCalendar, ConfigError> {
+        let base = match self.holidays.national.as_str() {
+            "it" => HolidayCalendar::italy(),
+            "none" => HolidayCalendar::none(),
+            other => {
+                return Err(ConfigError::new(
+                    "holidays.national",
+                    format!("unknown calendar {other:?}: use \"it\" or \"none\""),
+                ));
+            }
+        };
+        base.with_dates(&self.holidays.local)
+            .map_err(|e| ConfigError::new("holidays.local", e.to_string()))
+    }
+
+    /// The opening hours of a queue, holidays included when it observes them.
+    pub fn opening_hours(&self, queue_id: &str) -> Result<OpeningHours, ConfigError> {
+        let key = format!("queues.{queue_id}");
+        let queue = self
+            .queues
+            .get(queue_id)
+            .ok_or_else(|| ConfigError::new(&key, "no such queue"))?;
+        let schedule = self.schedules.get(&queue.schedule).ok_or_else(|| {
+            ConfigError::new(
+                format!("{key}.schedule"),
+                format!("unknown schedule {:?}", queue.schedule),
+            )
+        })?;
+        let weekly = WeeklyHours::parse_days(&schedule.days()).map_err(|e| {
+            ConfigError::new(format!("schedules.{}", queue.schedule), e.to_string())
+        })?;
+        let holidays = if queue.holidays {
+            self.holiday_calendar()?
+        } else {
+            HolidayCalendar::none()
+        };
+        Ok(OpeningHours::new(self.zone(), weekly, holidays))
+    }
+
+    /// Checks what the types cannot: cross-references, ranges, formats.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let url = &self.database_url;
+        if !(url.starts_with("sqlite:")
+            || url.starts_with("postgres://")
+            || url.starts_with("postgresql://"))
+        {
+            return Err(ConfigError::new(
+                "database_url",
+                "must start with sqlite: or postgres://",
+            ));
+        }
+        if let Some(redis) = &self.redis_url
+            && !(redis.starts_with("redis://") || redis.starts_with("rediss://"))
+        {
+            return Err(ConfigError::new(
+                "redis_url",
+                "must start with redis:// or rediss://",
+            ));
+        }
+        if self.time_zone.parse::<chrono_tz::Tz>().is_err() {
+            return Err(ConfigError::new(
+                "time_zone",
+                format!("unknown time zone {:?}", self.time_zone),
+            ));
+        }
+        positive("http.body_limit_bytes", self.http.body_limit_bytes as u64)?;
+        positive(
+            "http.request_timeout_seconds",
+            self.http.request_timeout_seconds,
+        )?;
+        positive("auth.session_ttl_seconds", self.auth.session_ttl_seconds)?;
+        positive("auth.login_window_seconds", self.auth.login_window_seconds)?;
+        positive(
+            "auth.login_failures_per_user",
+            self.auth.login_failures_per_user.into(),
+        )?;
+        positive(
+            "auth.login_attempts_per_address",
+            self.auth.login_attempts_per_address.into(),
+        )?;
+        if self.auth.min_password_length < 8 {
+            return Err(ConfigError::new(
+                "auth.min_password_length",
+                "must be at least 8",
+            ));
+        }
+        self.holiday_calendar()?;
+        for lang in &self.languages {
+            if !is_language_code(lang) {
+                return Err(ConfigError::new(
+                    "languages",
+                    format!("{lang:?} is not a two-letter ISO 639-1 code"),
+                ));
+            }
+        }
+        let cities = self.organizations.values().filter(|o| o.city).count();
+        if cities != 1 {
+            return Err(ConfigError::new(
+                "organizations",
+                format!("exactly one organization must have city = true, found {cities}"),
+            ));
+        }
+        for id in self.organizations.keys() {
+            check_id(&format!("organizations.{id}"), id)?;
+        }
+        for (id, skill) in &self.skills {
+            check_id(&format!("skills.{id}"), id)?;
+            if skill.name.trim().is_empty() {
+                return Err(ConfigError::new(
+                    format!("skills.{id}.name"),
+                    "must not be empty",
+                ));
+            }
+        }
+        for (id, schedule) in &self.schedules {
+            WeeklyHours::parse_days(&schedule.days())
+                .map_err(|e| ConfigError::new(format!("schedules.{id}"), e.to_string()))?;
+        }
+        if self.queues.is_empty() {
+            return Err(ConfigError::new("queues", "at least one queue is needed"));
+        }
+        for (id, queue) in &self.queues {
+            self.validate_queue(id, queue)?;
+        }
+        Ok(())
+    }
+
+    fn validate_queue(&self, id: &str, queue: &Queue) -> Result<(), ConfigError> {
+        let key = format!("queues.{id}");
+        check_id(&key, id)?;
+        if !self.organizations.contains_key(&queue.organization) {
+            return Err(ConfigError::new(
+                format!("{key}.organization"),
+                format!("unknown organization {:?}", queue.organization),
+            ));
+        }
+        for org in &queue.shared_with {
+            if !self.organizations.contains_key(org) {
+                return Err(ConfigError::new(
+                    format!("{key}.shared_with"),
+                    format!("unknown organization {org:?}"),
+                ));
+            }
+        }
+        if queue.channels.is_empty() {
+            return Err(ConfigError::new(
+                format!("{key}.channels"),
+                "at least one channel",
+            ));
+        }
+        if queue.strategy == Strategy::RingAll && !queue.channels.contains(&Channel::Voice) {
+            return Err(ConfigError::new(
+                format!("{key}.strategy"),
+                "ring-all is a voice strategy and this queue takes no calls",
+            ));
+        }
+        self.check_skills(&format!("{key}.skills"), &queue.skills)?;
+        if queue.languages.is_empty() {
+            return Err(ConfigError::new(
+                format!("{key}.languages"),
+                "at least one language",
+            ));
+        }
+        for lang in &queue.languages {
+            if !self.languages.contains(lang) {
+                return Err(ConfigError::new(
+                    format!("{key}.languages"),
+                    format!("{lang:?} is not in the top-level languages list"),
+                ));
+            }
+        }
+        if !self.schedules.contains_key(&queue.schedule) {
+            return Err(ConfigError::new(
+                format!("{key}.schedule"),
+                format!("unknown schedule {:?}", queue.schedule),
+            ));
+        }
+        positive(
+            &format!("{key}.offer_timeout_seconds"),
+            queue.offer_timeout_seconds.into(),
+        )?;
+        positive(
+            &format!("{key}.max_missed_offers"),
+            queue.max_missed_offers.into(),
+        )?;
+        positive(
+            &format!("{key}.max_wait_seconds"),
+            queue.max_wait_seconds.into(),
+        )?;
+        if queue.service_level.target_percent == 0 || queue.service_level.target_percent > 100 {
+            return Err(ConfigError::new(
+                format!("{key}.service_level.target_percent"),
+                "must be between 1 and 100",
+            ));
+        }
+        for code in &queue.wrap_up_codes {
+            if !self.wrap_up_codes.contains_key(code) {
+                return Err(ConfigError::new(
+                    format!("{key}.wrap_up_codes"),
+                    format!("unknown wrap-up code {code:?}"),
+                ));
+            }
+        }
+        let mut last = 0;
+        for (n, step) in queue.overflow.iter().enumerate() {
+            let step_key = format!("{key}.overflow[{n}]");
+            if step.after_seconds <= last {
+                return Err(ConfigError::new(
+                    format!("{step_key}.after_seconds"),
+                    "steps must be in increasing time order, after 0",
+                ));
+            }
+            last = step.after_seconds;
+            if step.relax_min_level.is_none()
+                && step.add_skills.is_empty()
+                && step.to_queue.is_none()
+            {
+                return Err(ConfigError::new(
+                    step_key,
+                    "a step needs relax_min_level, add_skills or to_queue",
+                ));
+            }
+            if let Some(level) = step.relax_min_level
+                && !(1..=10).contains(&level)
+            {
+                return Err(ConfigError::new(
+                    format!("{step_key}.relax_min_level"),
+                    "levels go from 1 to 10",
+                ));
+            }
+            self.check_skills(&format!("{step_key}.add_skills"), &step.add_skills)?;
+            if let Some(target) = &step.to_queue
+                && (!self.queues.contains_key(target) || target == id)
+            {
+                return Err(ConfigError::new(
+                    format!("{step_key}.to_queue"),
+                    format!("unknown queue {target:?} (or the queue itself)"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn check_skills(&self, key: &str, skills: &BTreeMap<String, u8>) -> Result<(), ConfigError> {
+        for (skill, level) in skills {
+            if !self.skills.contains_key(skill) {
+                return Err(ConfigError::new(format!("{key}.{skill}"), "unknown skill"));
+            }
+            if !(1..=10).contains(level) {
+                return Err(ConfigError::new(
+                    format!("{key}.{skill}"),
+                    format!("level {level} is out of range 1-10"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The organization whose supervisors see everything.
+    pub fn city_organization(&self) -> &str {
+        self.organizations
+            .iter()
+            .find(|(_, o)| o.city)
+            .map(|(id, _)| id.as_str())
+            .unwrap_or_default()
+    }
+
+    /// The SQLite file path when the store is SQLite.
+    pub fn sqlite_path(&self) -> Option<&str> {
+        self.database_url
+            .strip_prefix("sqlite://")
+            .or_else(|| self.database_url.strip_prefix("sqlite:"))
+    }
+}
+
+fn positive(key: &str, value: u64) -> Result<(), ConfigError> {
+    if value == 0 {
+        Err(ConfigError::new(key, "must be greater than 0"))
+    } else {
+        Ok(())
+    }
+}
+
+fn is_language_code(code: &str) -> bool {
+    code.len() == 2 && code.bytes().all(|b| b.is_ascii_lowercase())
+}
+
+/// Ids appear in URLs, env variable names and references like `URP-...`:
+/// lowercase ASCII letters, digits and `_`, starting with a letter.
+fn check_id(key: &str, id: &str) -> Result<(), ConfigError> {
+    let ok = id.len() <= 40
+        && id.starts_with(|c: char| c.is_ascii_lowercase())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::new(
+            key,
+            "ids are lowercase letters, digits and _ (max 40), starting with a letter",
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use figment::providers::Serialized;
+
+    fn default_file() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_CONFIG_PATH)
+    }
+
+    fn with(key: &str, value: impl Serialize) -> Result<Settings, ConfigError> {
+        Settings::from_figment(
+            Figment::new()
+                .merge(Toml::file(default_file()))
+                .merge(Serialized::global(key, value)),
+        )
+    }
+
+    #[test]
+    fn the_default_config_is_a_valid_demo_city() {
+        let settings = Settings::from_figment(Figment::new().merge(Toml::file(default_file())))
+            .expect("default config must be valid");
+        assert!(settings.queues.len() >= 8);
+        assert!(settings.organizations.len() >= 3);
+        for lang in ["it", "en", "de", "fr"] {
+            assert!(settings.languages.iter().any(|l| l == lang));
+        }
+        for id in settings.queues.keys() {
+            settings.opening_hours(id).expect("hours");
+        }
+    }
+
+    #[test]
+    fn an_unknown_skill_is_named_with_its_key() {
+        let err = with(
+            "queues.anagrafe.skills",
+            BTreeMap::from([("astrologia", 3)]),
+        )
+        .unwrap_err();
+        assert_eq!(err.key, "queues.anagrafe.skills.astrologia");
+        assert_eq!(err.reason, "unknown skill");
+    }
+
+    #[test]
+    fn a_wrong_type_names_the_key() {
+        let err = with("queues.tributi.priority", "high").unwrap_err();
+        assert_eq!(err.key, "queues.tributi.priority");
+        assert!(err.reason.contains("invalid type"), "{}", err.reason);
+    }
+
+    #[test]
+    fn a_typo_in_a_key_is_refused() {
+        let err = with("auth.session_ttl_secnds", 10).unwrap_err();
+        assert!(err.reason.contains("session_ttl_secnds"), "{err}");
+    }
+
+    #[test]
+    fn levels_out_of_range_and_bad_hours_are_refused() {
+        let err = with("queues.anagrafe.skills", BTreeMap::from([("anagrafe", 11)])).unwrap_err();
+        assert_eq!(err.key, "queues.anagrafe.skills.anagrafe");
+        let err = with("schedules.uffici.mon", "13:00-09:00").unwrap_err();
+        assert_eq!(err.key, "schedules.uffici");
+        let err = with("time_zone", "Europe/Roma").unwrap_err();
+        assert_eq!(err.key, "time_zone");
+    }
+}
