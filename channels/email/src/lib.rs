@@ -1,0 +1,1 @@
+//! ccu-email: the e-mail channel (work in progress).
