@@ -106,6 +106,10 @@ impl Hasher for FxHasher {
     }
 }
 
+/// The latest instant the engine handles: the end of year 9999 UTC. Later
+/// (or negative) times are clamped, so arithmetic on them never overflows.
+const MAX_TIME: i64 = 253_402_300_799_999;
+
 type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
 
 /// Position in a line: (time-invariant aging key, arrival sequence).
@@ -642,7 +646,7 @@ impl Engine {
                             operator: op,
                         },
                     )?,
-                    at.0,
+                    at.0.clamp(0, self.now),
                 )),
                 None => None,
             };
@@ -652,8 +656,12 @@ impl Engine {
                 queue: qi,
                 channel: c.channel,
                 language: c.language,
-                enqueued_at: c.enqueued_at.0,
-                queue_entered_at: c.queue_entered_at.unwrap_or(c.enqueued_at).0,
+                enqueued_at: c.enqueued_at.0.clamp(0, self.now),
+                queue_entered_at: c
+                    .queue_entered_at
+                    .unwrap_or(c.enqueued_at)
+                    .0
+                    .clamp(0, self.now),
                 seq: 0,
                 key: 0,
                 tier: 0,
@@ -718,6 +726,9 @@ impl Engine {
     }
 
     fn advance(&mut self, now: i64) {
+        // Keep every instant in a range where adding any configured number
+        // of seconds cannot overflow and chrono can convert it.
+        let now = now.clamp(0, MAX_TIME);
         self.target_now = self.target_now.max(now);
         if now > self.now {
             // Roll the day before anything at `now` is counted.
@@ -833,7 +844,8 @@ impl Engine {
 
     fn priority_key(&self, qi: u32, enqueued_at: i64) -> i64 {
         let prio = i64::from(self.queues[qi as usize].config.priority);
-        enqueued_at - prio * i64::from(self.config.aging_secs_per_priority) * 1000
+        let worth = prio.saturating_mul(i64::from(self.config.aging_secs_per_priority) * 1000);
+        enqueued_at.saturating_sub(worth)
     }
 
     /// The best group's level sum if the operator meets `tier` of queue `qi`
@@ -1329,7 +1341,7 @@ impl Engine {
                     });
                     return Ok(());
                 }
-                let enqueued_at = enqueued_at.map_or(now, |t| t.0.min(now));
+                let enqueued_at = enqueued_at.map_or(now, |t| t.0.clamp(0, now));
                 let ci = self.alloc_conv(Conv {
                     live: true,
                     id: conversation,

@@ -29,11 +29,16 @@
 
 use serde::{Deserialize, Serialize};
 
+/// Beyond any contact center; keeps the recursions short.
+const MAX_OPERATORS: u32 = 1_000_000;
+
 /// Why a model cannot be evaluated.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ErlangError {
     #[error("{what} must be a positive finite number, got {value}")]
     NotPositive { what: &'static str, value: f64 },
+    #[error("at most {max} operators are supported, got {got}")]
+    TooManyOperators { got: u32, max: u32 },
     #[error("target service level must be between 0 and 1, got {0}")]
     BadTarget(f64),
     #[error("no staffing up to {max} operators reaches service level {target}")]
@@ -114,6 +119,12 @@ pub fn metrics(model: &QueueModel) -> Result<Metrics, ErlangError> {
         });
     }
     positive("operators", f64::from(model.operators))?;
+    if model.operators > MAX_OPERATORS {
+        return Err(ErlangError::TooManyOperators {
+            got: model.operators,
+            max: MAX_OPERATORS,
+        });
+    }
     match model.patience_secs {
         None => Ok(erlang_c_metrics(model.operators, lambda, aht, target)),
         Some(p) => Ok(erlang_a_metrics(
@@ -277,7 +288,7 @@ pub fn staffing(model: &QueueModel, target_service_level: f64) -> Result<Metrics
         * positive("handle time", model.aht_secs)?;
     // Generous: square-root staffing never needs more than a few sqrt(a)
     // above the load for any target below 1.
-    let max = (a + 20.0 * a.sqrt() + 50.0).min(1_000_000.0) as u32;
+    let max = (a + 20.0 * a.sqrt() + 50.0).min(f64::from(MAX_OPERATORS)) as u32;
     let start = if model.patience_secs.is_some() {
         1
     } else {

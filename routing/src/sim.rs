@@ -109,6 +109,11 @@ pub struct SimReport {
     pub theory: Option<Metrics>,
 }
 
+const MAX_OPERATORS: u32 = 100_000;
+const MAX_CALLS: f64 = 1e8;
+const MAX_HOURS: f64 = 1e6;
+const MAX_SECONDS: f64 = 1e9;
+
 /// Why a simulation cannot run.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum SimError {
@@ -116,6 +121,11 @@ pub enum SimError {
     NotPositive { what: &'static str, value: f64 },
     #[error("at least one batch is needed")]
     NoBatches,
+    #[error(
+        "simulation too large: at most {MAX_OPERATORS} operators, {MAX_CALLS} calls, \
+         {MAX_HOURS} hours, and {MAX_SECONDS} s for any duration"
+    )]
+    TooLarge,
     #[error("the engine refused an event: {0}")]
     Engine(#[from] RoutingError),
     #[error("closed form: {0}")]
@@ -212,6 +222,19 @@ pub fn simulate(params: &SimParams) -> Result<SimReport, SimError> {
     positive("hours", params.hours)?;
     if let Some(p) = params.patience_seconds {
         positive("patience", p)?;
+    }
+    // Bounds that keep virtual time within i64 milliseconds and memory
+    // within reason, whatever the command line says.
+    let calls = params.arrivals_per_hour * (params.hours + params.warmup_hours.max(0.0));
+    let too_large = params.operators > MAX_OPERATORS
+        || calls > MAX_CALLS
+        || params.hours + params.warmup_hours.max(0.0) > MAX_HOURS
+        || 3600.0 / params.arrivals_per_hour > MAX_SECONDS
+        || params.aht_seconds > MAX_SECONDS
+        || params.target_seconds > MAX_SECONDS
+        || params.patience_seconds.is_some_and(|p| p > MAX_SECONDS);
+    if too_large {
+        return Err(SimError::TooLarge);
     }
     if !(params.target_seconds.is_finite() && params.target_seconds >= 0.0) {
         return Err(SimError::NotPositive {
@@ -509,5 +532,10 @@ mod tests {
             ..SimParams::default()
         };
         assert_eq!(simulate(&p), Err(SimError::NoBatches));
+        let p = SimParams {
+            hours: 1e300,
+            ..SimParams::default()
+        };
+        assert_eq!(simulate(&p), Err(SimError::TooLarge));
     }
 }

@@ -1021,3 +1021,55 @@ fn time_running_backwards_is_treated_as_no_time_passing() {
     assert_eq!(expires, Some(Timestamp(T0_MS + 120_000)));
     assert_eq!(w.engine.now(), Timestamp(T0_MS + 100_000));
 }
+
+#[test]
+fn extreme_timestamps_and_priorities_never_panic() {
+    let mut e = Engine::new(EngineConfig {
+        aging_secs_per_priority: u32::MAX,
+        ..EngineConfig::default()
+    });
+    let mut q = QueueConfig::new(QueueId(1), OrgId(1), vec![skill(1, 1)]);
+    q.priority = i32::MAX;
+    q.offer_timeout_secs = u32::MAX;
+    q.max_wait = Some((u32::MAX, MaxWaitAction::Voicemail));
+    e.add_queue(q).unwrap();
+    e.upsert_operator(OperatorProfile::new(
+        OperatorId(1),
+        OrgId(1),
+        vec![level(1, 5)],
+    ))
+    .unwrap();
+    for (i, now) in [i64::MIN, -1, 0, i64::MAX, i64::MAX - 1]
+        .into_iter()
+        .enumerate()
+    {
+        e.handle(
+            Timestamp(now),
+            Event::ConversationQueued {
+                conversation: ConversationId(i as u64),
+                queue: QueueId(1),
+                channel: Channel::Voice,
+                language: None,
+                enqueued_at: Some(Timestamp(i64::MIN)),
+            },
+        )
+        .unwrap();
+        e.check_invariants().unwrap();
+    }
+    e.handle(
+        Timestamp(i64::MAX),
+        Event::OperatorLogin {
+            operator: OperatorId(1),
+        },
+    )
+    .unwrap();
+    e.handle(Timestamp(i64::MAX), Event::Tick).unwrap();
+    e.check_invariants().unwrap();
+    // By the year 9999 even a 136-year maximum wait has passed for the
+    // conversations enqueued at the epoch.
+    assert!(
+        e.drain()
+            .any(|c| matches!(c, Command::MaxWaitReached { .. }))
+    );
+    e.queue_stats(QueueId(1), Timestamp(i64::MIN)).unwrap();
+}
