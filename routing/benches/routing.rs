@@ -83,7 +83,8 @@ impl Scenario {
             assigned: Vec::new(),
         };
         // Fill every operator, then build the line.
-        while s.engine.conversations().len() < operators as usize + waiting {
+        // Nothing ends during the fill, so every arrival is still there.
+        while s.next_conv < operators + waiting as u64 {
             s.arrive();
         }
         s
