@@ -125,6 +125,43 @@ impl Scenario {
         self.settle();
     }
 
+    /// The other direction: operators idle, a call arrives and the engine
+    /// picks the operator by the queue's strategy (timed); then, untimed,
+    /// the call is answered and ends so that the operator is free again.
+    fn arrival_decision(&mut self) -> Duration {
+        self.now = self.now.plus_millis(10);
+        let queue = QueueId((self.rng.next_u64() % u64::from(SKILLS)) as u32);
+        self.next_conv += 1;
+        let conversation = ConversationId(self.next_conv);
+        let start = Instant::now();
+        self.engine
+            .handle(
+                self.now,
+                Event::ConversationQueued {
+                    conversation,
+                    queue,
+                    channel: Channel::Voice,
+                    language: None,
+                    enqueued_at: None,
+                },
+            )
+            .unwrap();
+        let took = start.elapsed();
+        self.settle();
+        self.assigned.retain(|c| *c != conversation);
+        self.engine
+            .handle(
+                self.now,
+                Event::ConversationEnded {
+                    conversation,
+                    reason: EndReason::Completed,
+                },
+            )
+            .unwrap();
+        self.settle();
+        took
+    }
+
     /// One decision: a random busy operator finishes. Returns its duration.
     fn decision(&mut self) -> Duration {
         let i = (self.rng.next_u64() % self.assigned.len() as u64) as usize;
@@ -173,6 +210,38 @@ fn decisions(c: &mut Criterion) {
             &waiting,
             |b, _| b.iter_custom(|iters| (0..iters).map(|_| black_box(s.decision())).sum()),
         );
+    }
+    group.finish();
+}
+
+fn arrivals(c: &mut Criterion) {
+    let mut group = c.benchmark_group("arrival-decision");
+    group
+        .sample_size(30)
+        .measurement_time(Duration::from_secs(3));
+    let operators: &[u64] = if std::env::var_os("ROUTING_BENCH_QUICK").is_some() {
+        &[1_000]
+    } else {
+        &[1_000, 15_000]
+    };
+    for &operators in operators {
+        let mut s = Scenario::new(0, operators);
+        // Free everyone: nothing waits, so every operator is idle.
+        for conversation in std::mem::take(&mut s.assigned) {
+            s.engine
+                .handle(
+                    s.now,
+                    Event::ConversationEnded {
+                        conversation,
+                        reason: EndReason::Completed,
+                    },
+                )
+                .unwrap();
+            s.settle();
+        }
+        group.bench_function(BenchmarkId::new("idle-operators", operators), |b| {
+            b.iter_custom(|iters| (0..iters).map(|_| black_box(s.arrival_decision())).sum())
+        });
     }
     group.finish();
 }
@@ -226,6 +295,7 @@ fn percentiles() {
 fn main() {
     let mut c = Criterion::default().configure_from_args();
     decisions(&mut c);
+    arrivals(&mut c);
     throughput(&mut c);
     c.final_summary();
     percentiles();

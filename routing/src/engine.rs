@@ -226,12 +226,18 @@ impl Op {
     }
 
     fn strategy_key(&self, strategy: Strategy, score: i64) -> (i64, i64) {
-        match strategy {
-            Strategy::LongestIdle | Strategy::RingAll => (0, self.idle_since),
-            Strategy::BestSkill => (-score, self.idle_since),
-            Strategy::LeastBusy => (self.total_active(), self.idle_since),
-            Strategy::RoundRobin => (0, 0),
-        }
+        strategy_key(strategy, score, self.idle_since, self.total_active())
+    }
+}
+
+/// Where an operator ranks in a class's ready set (lower first): the
+/// queue's strategy, then longest idle; the operator index breaks ties.
+fn strategy_key(strategy: Strategy, score: i64, idle_since: i64, busy: i64) -> (i64, i64) {
+    match strategy {
+        Strategy::LongestIdle | Strategy::RingAll => (0, idle_since),
+        Strategy::BestSkill => (-score, idle_since),
+        Strategy::LeastBusy => (busy, idle_since),
+        Strategy::RoundRobin => (0, 0),
     }
 }
 
@@ -911,18 +917,16 @@ impl Engine {
     fn reindex(&mut self, oi: u32) {
         let op = &mut self.ops[oi as usize];
         let ready = Channel::ALL.map(|ch| op.ready_for(ch));
-        let mut keys: Vec<Option<(i64, i64)>> = Vec::with_capacity(op.classes.len());
-        for oc in &op.classes {
-            let class = &self.classes[oc.class as usize];
-            keys.push(
-                ready[class.key.channel.index()].then(|| op.strategy_key(class.strategy, oc.score)),
-            );
-        }
-        for (oc, want) in op.classes.iter_mut().zip(keys) {
+        // The strategy key only depends on these; taken once so the loop can
+        // borrow the classes mutably without allocating.
+        let (idle_since, busy) = (op.idle_since, op.total_active());
+        for oc in op.classes.iter_mut() {
+            let class = &mut self.classes[oc.class as usize];
+            let want = ready[class.key.channel.index()]
+                .then(|| strategy_key(class.strategy, oc.score, idle_since, busy));
             if oc.indexed == want {
                 continue;
             }
-            let class = &mut self.classes[oc.class as usize];
             if let Some((a, b)) = oc.indexed {
                 class.ready.remove(&(a, b, oi));
             }
