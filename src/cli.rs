@@ -38,6 +38,123 @@ pub enum Command {
         #[command(subcommand)]
         action: UserCommand,
     },
+    /// Run the real routing engine in virtual time (Poisson arrivals,
+    /// exponential handle times and patience) and print JSON figures next to
+    /// the Erlang C/A prediction.
+    Simulate(SimulateArgs),
+    /// Erlang C/A closed form: the figures for a staffing, or the staffing
+    /// needed for a service-level goal. Prints JSON.
+    Erlang(ErlangArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SimulateArgs {
+    #[arg(long, default_value_t = 14)]
+    pub operators: u32,
+    #[arg(long, default_value_t = 200.0)]
+    pub arrivals_per_hour: f64,
+    #[arg(long, default_value_t = 180.0)]
+    pub aht_seconds: f64,
+    /// Service-level target; with --queue, that queue's target is the default.
+    #[arg(long)]
+    pub target_seconds: Option<f64>,
+    #[arg(long, default_value_t = 8.0)]
+    pub hours: f64,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Mean patience of waiting callers (Erlang A); omitted: nobody hangs up.
+    #[arg(long)]
+    pub patience_seconds: Option<f64>,
+    /// longest-idle, best-skill, least-busy, round-robin or ring-all; with
+    /// --queue, that queue's strategy is the default.
+    #[arg(long, value_parser = parse_strategy)]
+    pub strategy: Option<ccu_routing::Strategy>,
+    /// Take strategy and target from this queue of the configuration (--config).
+    #[arg(long)]
+    pub queue: Option<String>,
+    #[arg(long, default_value_t = 0.5)]
+    pub warmup_hours: f64,
+    #[arg(long, default_value_t = 20)]
+    pub batches: u32,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ErlangArgs {
+    #[arg(long)]
+    pub arrivals_per_hour: f64,
+    #[arg(long)]
+    pub aht_seconds: f64,
+    #[arg(long, default_value_t = 20.0)]
+    pub target_seconds: f64,
+    /// The figures for this many operators...
+    #[arg(long, conflicts_with = "service_level")]
+    pub operators: Option<u32>,
+    /// ...or the fewest operators reaching this service level (0-1), e.g. 0.8.
+    #[arg(long)]
+    pub service_level: Option<f64>,
+    /// Mean patience (Erlang A).
+    #[arg(long)]
+    pub patience_seconds: Option<f64>,
+}
+
+fn parse_strategy(text: &str) -> Result<ccu_routing::Strategy, String> {
+    serde_json::from_value(serde_json::Value::String(text.to_owned())).map_err(|_| {
+        format!("{text:?}: longest-idle, best-skill, least-busy, round-robin or ring-all")
+    })
+}
+
+/// `ccu simulate`: settings are needed only to read a queue's defaults.
+pub fn simulate(args: SimulateArgs, settings: Option<&Settings>) -> anyhow::Result<String> {
+    let queue = match (&args.queue, settings) {
+        (Some(id), Some(settings)) => Some(
+            settings
+                .queues
+                .get(id)
+                .ok_or_else(|| anyhow::anyhow!("--queue: unknown queue {id:?}"))?,
+        ),
+        (Some(_), None) => bail!("--queue needs a valid configuration"),
+        (None, _) => None,
+    };
+    let params = ccu_routing::sim::SimParams {
+        operators: args.operators,
+        arrivals_per_hour: args.arrivals_per_hour,
+        aht_seconds: args.aht_seconds,
+        target_seconds: args
+            .target_seconds
+            .or(queue.map(|q| f64::from(q.service_level.target_seconds)))
+            .unwrap_or(20.0),
+        hours: args.hours,
+        seed: args.seed,
+        patience_seconds: args.patience_seconds,
+        strategy: args
+            .strategy
+            .or(queue.map(|q| q.strategy))
+            .unwrap_or_default(),
+        warmup_hours: args.warmup_hours,
+        batches: args.batches,
+    };
+    let report = ccu_routing::sim::simulate(&params)?;
+    Ok(serde_json::to_string_pretty(
+        &serde_json::json!({ "params": params, "report": report }),
+    )?)
+}
+
+/// `ccu erlang`.
+pub fn erlang(args: ErlangArgs) -> anyhow::Result<String> {
+    use ccu_routing::erlang::{QueueModel, metrics, staffing};
+    let model = QueueModel {
+        arrivals_per_hour: args.arrivals_per_hour,
+        aht_secs: args.aht_seconds,
+        target_secs: args.target_seconds,
+        operators: args.operators.unwrap_or(1),
+        patience_secs: args.patience_seconds,
+    };
+    let figures = match (args.operators, args.service_level) {
+        (Some(_), _) => metrics(&model)?,
+        (None, Some(goal)) => staffing(&model, goal)?,
+        (None, None) => bail!("give --operators N or --service-level GOAL"),
+    };
+    Ok(serde_json::to_string_pretty(&figures)?)
 }
 
 #[derive(Debug, Subcommand)]

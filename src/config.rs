@@ -220,15 +220,8 @@ impl Channel {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Strategy {
-    LongestIdle,
-    BestSkill,
-    LeastBusy,
-    RoundRobin,
-    RingAll,
-}
+/// How a queue picks among eligible operators (the routing engine's own type).
+pub use ccu_routing::Strategy;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]

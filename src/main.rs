@@ -6,6 +6,18 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let args = Cli::parse();
+    // The planning tools need no server configuration (unless --queue).
+    match args.command {
+        Some(Command::Simulate(sim)) => {
+            let settings = sim
+                .queue
+                .as_ref()
+                .and_then(|_| Settings::load(args.config.as_deref()).ok());
+            return print(cli::simulate(sim, settings.as_ref()));
+        }
+        Some(Command::Erlang(erlang)) => return print(cli::erlang(erlang)),
+        _ => {}
+    }
     let settings = match Settings::load(args.config.as_deref()) {
         Ok(settings) => settings,
         Err(err) => {
@@ -29,10 +41,24 @@ fn main() -> ExitCode {
             Command::Serve => cli::serve(settings).await,
             Command::Migrate => cli::migrate(settings).await,
             Command::User { action } => cli::user_add(settings, action).await,
+            Command::Simulate(_) | Command::Erlang(_) => Ok(()),
         }
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("ccu: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print(result: anyhow::Result<String>) -> ExitCode {
+    match result {
+        Ok(json) => {
+            println!("{json}");
+            ExitCode::SUCCESS
+        }
         Err(err) => {
             eprintln!("ccu: {err:#}");
             ExitCode::FAILURE

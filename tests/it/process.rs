@@ -308,3 +308,76 @@ fn ccu_user_add_reads_the_password_from_stdin_and_ccu_migrate_works() {
         assert!(!dir.path().join("initial-admin-password").exists());
     });
 }
+
+fn ccu_json(args: &[&str]) -> Value {
+    let output = Command::new(env!("CARGO_BIN_EXE_ccu"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+#[test]
+fn ccu_erlang_and_ccu_simulate_agree_on_the_published_example() {
+    // 100 calls per 30 minutes, AHT 180 s, 20 s target, 14 operators.
+    let base = [
+        "--arrivals-per-hour",
+        "200",
+        "--aht-seconds",
+        "180",
+        "--target-seconds",
+        "20",
+    ];
+    let closed = ccu_json(&[&["erlang"][..], &base, &["--operators", "14"]].concat());
+    assert!(
+        (closed["service_level"].as_f64().unwrap() - 0.8884).abs() < 5e-4,
+        "{closed}"
+    );
+    assert!(
+        (closed["p_wait"].as_f64().unwrap() - 0.1741).abs() < 5e-4,
+        "{closed}"
+    );
+    let staffing = ccu_json(&[&["erlang"][..], &base, &["--service-level", "0.8"]].concat());
+    assert_eq!(
+        staffing["operators"], 14,
+        "13 operators give less than 80 %"
+    );
+
+    let sim = ccu_json(
+        &[
+            &["simulate"][..],
+            &base,
+            &["--operators", "14", "--hours", "40", "--seed", "11"],
+        ]
+        .concat(),
+    );
+    let report = &sim["report"];
+    let sl = report["service_level"].as_f64().unwrap();
+    let err = report["service_level_std_error"].as_f64().unwrap();
+    assert!(
+        (sl - 0.8884).abs() < 4.0 * err + 0.005,
+        "simulated {sl} ± {err}"
+    );
+    // A queue of the configuration lends its strategy and target.
+    let by_queue = ccu_json(&[
+        "--config",
+        repo_path("config/default.toml").to_str().unwrap(),
+        "simulate",
+        "--queue",
+        "anagrafe",
+        "--hours",
+        "2",
+    ]);
+    assert_eq!(by_queue["params"]["strategy"], "best-skill");
+    assert_eq!(by_queue["params"]["target_seconds"], 30.0);
+    let bad = Command::new(env!("CARGO_BIN_EXE_ccu"))
+        .args(["simulate", "--operators", "0"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+}
