@@ -153,6 +153,9 @@ struct QueueState {
     /// and personal lines), for positions, longest wait and counts.
     waiting: BTreeMap<LineKey, u32>,
     open: bool,
+    /// Bumped by `update_queue`: periodic timers of an older configuration
+    /// are ignored when they fire.
+    timer_epoch: u32,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -300,8 +303,8 @@ enum Timer {
     MaxWait(ConversationId),
     Exclusion(ConversationId),
     WrapUp(u32, ConversationId),
-    Announce(u32),
-    Hours(u32),
+    Announce(u32, u32),
+    Hours(u32, u32),
 }
 
 /// Where a conversation is, as the server or a test sees it.
@@ -436,6 +439,42 @@ impl Engine {
         if self.queue_index.contains_key(&config.id) {
             return Err(RoutingError::DuplicateQueue(config.id));
         }
+        self.validate_queue(&config)?;
+        let tiers = self.build_tiers(&config);
+        let qi = self.queues.len() as u32;
+        self.queue_index.insert(config.id, qi);
+        let announce = config.announce_every_secs;
+        let has_hours = config.hours.is_some();
+        self.queues.push(QueueState {
+            config,
+            tiers,
+            counters: QueueCounters::default(),
+            waiting: BTreeMap::new(),
+            open: true,
+            timer_epoch: 0,
+        });
+        let now = self.now.max(0);
+        let window = self.window_ms();
+        for oi in 0..self.ops.len() as u32 {
+            if self.statically_eligible(oi, qi, 0).is_some() {
+                self.ops[oi as usize].base_queues.push(qi);
+                if self.ops[oi as usize].logged_in() {
+                    self.queues[qi as usize]
+                        .counters
+                        .staffed_change(now, window, 1);
+                }
+            }
+        }
+        if let Some(every) = announce {
+            self.schedule(now + i64::from(every.max(1)) * 1000, Timer::Announce(qi, 0));
+        }
+        if has_hours {
+            self.schedule(now, Timer::Hours(qi, 0));
+        }
+        Ok(())
+    }
+
+    fn validate_queue(&self, config: &QueueConfig) -> Result<(), RoutingError> {
         let mut requirements: Vec<SkillRequirement> = config.skills.clone();
         for step in &config.overflow {
             match &step.action {
@@ -465,36 +504,79 @@ impl Engine {
                 level: bad.min_level,
             });
         }
+        Ok(())
+    }
+
+    /// Replaces a queue's configuration at run time (a configuration
+    /// reload), or adds the queue if it is new. Conversations waiting in it
+    /// keep their enqueue time and order and are placed again under the new
+    /// rules (skills, priority, overflow, strategy); offers in flight and
+    /// conversations in hand are left alone. Statistics carry on.
+    pub fn update_queue(&mut self, config: QueueConfig) -> Result<(), RoutingError> {
+        let Some(&qi) = self.queue_index.get(&config.id) else {
+            return self.add_queue(config);
+        };
+        self.validate_queue(&config)?;
+        let waiting: Vec<u32> = self.queues[qi as usize].waiting.values().copied().collect();
+        for &ci in &waiting {
+            self.remove_waiting(ci);
+        }
+        // Retire the queue's classes: emptied here, unreachable afterwards
+        // (their slots stay, a few bytes per reload).
+        let mut retired = Vec::new();
+        for (c, class) in self.classes.iter_mut().enumerate() {
+            if class.key.queue == qi && self.class_index.get(&class.key) == Some(&(c as u32)) {
+                self.class_index.remove(&class.key);
+                class.ready.clear();
+                retired.push(c as u32);
+            }
+        }
+        for op in &mut self.ops {
+            op.classes.retain(|oc| !retired.contains(&oc.class));
+        }
         let tiers = self.build_tiers(&config);
-        let qi = self.queues.len() as u32;
-        self.queue_index.insert(config.id, qi);
         let announce = config.announce_every_secs;
         let has_hours = config.hours.is_some();
-        self.queues.push(QueueState {
-            config,
-            tiers,
-            counters: QueueCounters::default(),
-            waiting: BTreeMap::new(),
-            open: true,
-        });
+        let q = &mut self.queues[qi as usize];
+        q.config = config;
+        q.tiers = tiers;
+        q.timer_epoch += 1;
+        let epoch = q.timer_epoch;
         let now = self.now.max(0);
         let window = self.window_ms();
         for oi in 0..self.ops.len() as u32 {
-            if self.statically_eligible(oi, qi, 0).is_some() {
-                self.ops[oi as usize].base_queues.push(qi);
-                if self.ops[oi as usize].logged_in() {
-                    self.queues[qi as usize]
-                        .counters
-                        .staffed_change(now, window, 1);
-                }
+            let was = self.ops[oi as usize].base_queues.contains(&qi);
+            let is = self.statically_eligible(oi, qi, 0).is_some();
+            if was == is {
+                continue;
+            }
+            let op = &mut self.ops[oi as usize];
+            if is {
+                op.base_queues.push(qi);
+            } else {
+                op.base_queues.retain(|&q| q != qi);
+            }
+            if op.logged_in() {
+                self.queues[qi as usize].counters.staffed_change(
+                    now,
+                    window,
+                    if is { 1 } else { -1 },
+                );
             }
         }
+        for ci in waiting {
+            self.place_waiting(ci);
+        }
         if let Some(every) = announce {
-            self.schedule(now + i64::from(every.max(1)) * 1000, Timer::Announce(qi));
+            self.schedule(
+                now + i64::from(every.max(1)) * 1000,
+                Timer::Announce(qi, epoch),
+            );
         }
         if has_hours {
-            self.schedule(now, Timer::Hours(qi));
+            self.schedule(now, Timer::Hours(qi, epoch));
         }
+        self.run_dispatch();
         Ok(())
     }
 
@@ -1701,9 +1783,12 @@ impl Engine {
                     self.finish_wrap_up(oi, w, None, true);
                 }
             }
-            Timer::Announce(qi) => {
+            Timer::Announce(qi, epoch) => {
                 let now = self.target_now.max(now);
                 let q = &self.queues[qi as usize];
+                if q.timer_epoch != epoch {
+                    return;
+                }
                 let Some(every) = q.config.announce_every_secs else {
                     return;
                 };
@@ -1718,11 +1803,17 @@ impl Engine {
                     };
                     self.out.push_back(cmd);
                 }
-                self.schedule(now + i64::from(every.max(1)) * 1000, Timer::Announce(qi));
+                self.schedule(
+                    now + i64::from(every.max(1)) * 1000,
+                    Timer::Announce(qi, epoch),
+                );
             }
-            Timer::Hours(qi) => {
+            Timer::Hours(qi, epoch) => {
                 let now = self.target_now.max(now);
                 let q = &self.queues[qi as usize];
+                if q.timer_epoch != epoch {
+                    return;
+                }
                 let Some(hours) = &q.config.hours else {
                     return;
                 };
@@ -1739,7 +1830,7 @@ impl Engine {
                 let action = q.config.closed_action.clone();
                 let queue = q.config.id;
                 self.queues[qi as usize].open = open;
-                self.schedule(next, Timer::Hours(qi));
+                self.schedule(next, Timer::Hours(qi, epoch));
                 if closing && policy == ClosingPolicy::CloseWaiting && action != ClosedAction::Queue
                 {
                     let lines: Vec<u32> =

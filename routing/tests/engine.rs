@@ -1073,3 +1073,50 @@ fn extreme_timestamps_and_priorities_never_panic() {
     );
     e.queue_stats(QueueId(1), Timestamp(i64::MIN)).unwrap();
 }
+
+#[test]
+fn a_queue_update_places_waiting_conversations_again_under_the_new_rules() {
+    let mut w = World::new();
+    w.simple_queue(1, 1, 8);
+    w.simple_operator(10, &[(1, 5)]);
+    w.simple_operator(11, &[(1, 5)]);
+    w.call(100, 1);
+    w.at(5.0);
+    w.call(101, 1);
+    w.at(9.0);
+    assert_eq!(w.engine.waiting(QueueId(1)).unwrap(), 2);
+    // The supervisor lowers the level: both operators now qualify, and the
+    // line is served in its original order.
+    w.engine
+        .update_queue(QueueConfig::new(QueueId(1), OrgId(1), vec![skill(1, 5)]))
+        .unwrap();
+    w.engine.check_invariants().unwrap();
+    let cmds: Vec<Command> = w.engine.drain().collect();
+    let mut got: Vec<(u64, u64)> = offers(&cmds).iter().map(|o| (o.1, o.2)).collect();
+    got.sort();
+    assert_eq!(got, vec![(100, 10), (101, 11)]);
+    let view = w.engine.conversation(ConversationId(100)).unwrap();
+    assert_eq!(view.enqueued_at, Timestamp(T0_MS));
+    let stats = w.engine.queue_stats(QueueId(1), w.now).unwrap();
+    assert_eq!((stats.today.offered, stats.operators.busy), (2, 2));
+}
+
+#[test]
+fn a_queue_update_can_take_operators_out_of_a_queue() {
+    let mut w = World::new();
+    w.simple_queue(1, 1, 1);
+    w.simple_operator(10, &[(1, 5)]);
+    w.engine
+        .update_queue(QueueConfig::new(QueueId(1), OrgId(1), vec![skill(1, 9)]))
+        .unwrap();
+    assert!(offers(&w.call(100, 1)).is_empty());
+    let stats = w.engine.queue_stats(QueueId(1), w.now).unwrap();
+    assert_eq!(stats.operators, OperatorsByStatus::default());
+    // Announcements from the old configuration do not repeat.
+    let mut q = QueueConfig::new(QueueId(1), OrgId(1), vec![skill(1, 9)]);
+    q.announce_every_secs = Some(10);
+    w.engine.update_queue(q.clone()).unwrap();
+    w.engine.update_queue(q).unwrap();
+    let cmds = w.at(10.0);
+    assert_eq!(cmds.len(), 1, "{cmds:?}");
+}

@@ -46,6 +46,14 @@ enum Step {
     },
     WrapUpDone(u8),
     Advance(u16),
+    /// A configuration reload of one queue: strategy, priority and the
+    /// minimum level of its first skill change.
+    Reconfigure {
+        queue: u8,
+        strategy: u8,
+        priority: i8,
+        min_level: u8,
+    },
 }
 
 fn step() -> impl Gen<Value = Step> {
@@ -60,6 +68,9 @@ fn step() -> impl Gen<Value = Step> {
             .prop_map(|(pick, to_queue, to_op)| Step::Transfer { pick, to_queue, to_op }),
         1 => (0u8..8).prop_map(Step::WrapUpDone),
         3 => (0u16..90).prop_map(Step::Advance),
+        1 => (0u8..4, 0u8..5, -2i8..3, 1u8..11).prop_map(|(queue, strategy, priority, min_level)| {
+            Step::Reconfigure { queue, strategy, priority, min_level }
+        }),
     ]
 }
 
@@ -388,7 +399,7 @@ impl Run {
                 conversation: None,
                 disposition: Some("ok".into()),
             },
-            Step::Advance(_) => Event::Tick,
+            Step::Advance(_) | Step::Reconfigure { .. } => Event::Tick,
         }
     }
 
@@ -405,6 +416,25 @@ impl Run {
                 self.apply_event(Event::Tick)?;
             }
             self.now = target;
+            return self.apply_event(Event::Tick);
+        }
+        if let Step::Reconfigure {
+            queue,
+            strategy,
+            priority,
+            min_level,
+        } = *step
+        {
+            let mut q = self.queues[&u32::from(queue)].clone();
+            q.strategy = strategy_of(strategy);
+            q.priority = i32::from(priority);
+            if let Some(first) = q.skills.first_mut() {
+                first.min_level = min_level;
+            }
+            self.engine
+                .update_queue(q.clone())
+                .map_err(|e| e.to_string())?;
+            self.queues.insert(q.id.0, q);
             return self.apply_event(Event::Tick);
         }
         let event = self.event(step);
