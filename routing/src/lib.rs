@@ -81,7 +81,8 @@
 //!   [`QueueConfig`] (organization and sharing, skills, priority,
 //!   [`Strategy`], offer timeout, wrap-up, target, [`OverflowStep`]s,
 //!   maximum wait, [`calendar::OpeningHours`], closed action, announcement
-//!   period); [`Engine::upsert_operator`] with [`OperatorProfile`] (skills
+//!   period) and [`Engine::update_queue`] on a reload;
+//!   [`Engine::upsert_operator`] with [`OperatorProfile`] (skills
 //!   1-10, languages, [`Capacity`] per channel and the call-with-chats rule).
 //! * Driving: [`Engine::handle`]`(now, event)`, then [`Engine::poll`] or
 //!   [`Engine::drain`] for commands, and [`Engine::next_deadline`] for the
