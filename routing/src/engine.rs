@@ -709,6 +709,10 @@ impl Engine {
     /// in arrival order); assigned ones occupy their operator's capacity;
     /// offers that were in flight are made again (fresh [`Command::Offer`]s
     /// come out of [`poll`](Self::poll)).
+    ///
+    /// Call it once, on a fresh engine with queues and operators added. It
+    /// stops at the first bad entry (unknown queue or operator, duplicate);
+    /// entries before it stay restored.
     pub fn restore(
         &mut self,
         now: Timestamp,
