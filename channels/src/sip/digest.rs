@@ -47,8 +47,10 @@ use crate::sip::message::{Header, HeaderName};
 use crate::sip::scan::quote;
 
 /// A digest algorithm. The `-sess` variants are not offered: SIP phones
-/// rarely implement them and they add nothing for REGISTER.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// rarely implement them and they add nothing for REGISTER. In
+/// configuration it is written as in `algorithm=` (`"SHA-256"`, `"MD5"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize)]
+#[serde(try_from = "String")]
 pub enum Algorithm {
     Md5,
     Sha256,
@@ -79,6 +81,19 @@ impl Algorithm {
             Algorithm::Sha256 => hex(&Sha256::digest(data)),
             Algorithm::Sha512_256 => hex(&Sha512_256::digest(data)),
         }
+    }
+}
+
+/// An `algorithm` name that is not one of ours.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown digest algorithm {0:?} (expected MD5, SHA-256 or SHA-512-256)")]
+pub struct UnknownAlgorithm(pub String);
+
+impl TryFrom<String> for Algorithm {
+    type Error = UnknownAlgorithm;
+
+    fn try_from(name: String) -> Result<Algorithm, UnknownAlgorithm> {
+        Algorithm::parse(&name).ok_or(UnknownAlgorithm(name))
     }
 }
 

@@ -46,13 +46,17 @@
 //! ```
 
 pub mod digest;
+pub mod endpoint;
 pub mod fuzzing;
 pub mod header;
 pub mod message;
 pub mod parse;
+pub mod rate;
+pub mod registrar;
 pub mod reply;
 pub(crate) mod scan;
 pub mod transaction;
+pub mod transport;
 pub mod uri;
 pub mod validate;
 

@@ -1,0 +1,1101 @@
+//! The SIP endpoint: the async shell around the sans-IO layers. It owns
+//! the UDP socket and the TCP listener, frames and validates what arrives,
+//! keeps the server transaction table and its timers, answers OPTIONS,
+//! runs the registrar, and hands every other request to the transaction
+//! user (TU: dialogs, calls) with a handle to answer it.
+//!
+//! # For the server
+//!
+//! ```
+//! use ccu_channels::sip::endpoint::{SipConfig, SipEndpoint};
+//! use ccu_channels::sip::registrar::{OperatorId, StaticCredentials, StoredCredential};
+//! use tokio_util::sync::CancellationToken;
+//!
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! // Application::build binds CCU_SIP_ADDR (UDP and TCP on one port); tests bind port 0.
+//! let (udp, tcp) = SipEndpoint::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+//! let config = SipConfig::default(); // or deserialized from `[sip]`
+//! // The server implements `SipCredentials` over its store (HA1 values from `ha1_for`).
+//! let mut users = StaticCredentials::default();
+//! let realm = config.registrar.realm.clone();
+//! users.0.insert("1001".into(), StoredCredential::from_password(OperatorId(1), "1001", &realm, "s3cret"));
+//! let shutdown = CancellationToken::new();
+//! let (endpoint, mut requests) =
+//!     SipEndpoint::start(config, udp, Some(tcp), users, shutdown.child_token()).unwrap();
+//! assert_eq!(endpoint.udp_addr().port(), endpoint.tcp_addr().unwrap().port());
+//!
+//! // The TU loop: INVITE, BYE, INFO... (REGISTER and OPTIONS are handled inside).
+//! tokio::spawn(async move {
+//!     while let Some(incoming) = requests.recv().await {
+//!         let response = incoming.request.response(
+//!             ccu_channels::sip::StatusCode::TEMPORARILY_UNAVAILABLE,
+//!             incoming.handle.to_tag(),
+//!         );
+//!         let _ = incoming.handle.respond(response).await;
+//!     }
+//! });
+//! // The call offer finds the operator's phones:
+//! assert!(endpoint.bindings(OperatorId(1)).is_empty());
+//! shutdown.cancel();
+//! endpoint.wait().await;
+//! # });
+//! ```
+//!
+//! # Inside
+//!
+//! One core task owns the transaction table (keyed by
+//! [`TransactionKey`]), the rate limiter and the UDP socket; it sleeps until
+//! the earliest transaction deadline (one timer heap, not a task per
+//! timer), a datagram, or an input from a TCP connection or a TU handle.
+//! Each TCP connection is a task that frames the stream with
+//! [`receive_stream`] and writes what the core sends it. REGISTERs go to a
+//! registrar task that looks the user up through [`SipCredentials`] (an
+//! async store call) and then decides with the sans-IO [`Registrar`].
+//!
+//! What the validation layer refuses (400, 405/501 with Allow, 416, 420,
+//! 505, 513…) is answered statelessly; what cannot be answered is dropped.
+//! New requests are rate-limited per source address ([`RateLimiter`]);
+//! the core never waits on a peer (UDP sends and hand-offs to TCP
+//! connections and the TU do not block: a full queue means `503` or a
+//! transport error), so one slow or hostile peer cannot stall the others.
+//!
+//! Responses go back over the connection a request came on, or for UDP to
+//! the Via `received`/`rport` address (RFC 3261 §18.2.2, RFC 3581), which
+//! [`Request::record_source`] stamps on every request received.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::Deserialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::sip::message::{HeaderName, Message, Method, Request, Response, StatusCode};
+use crate::sip::parse::Limits;
+use crate::sip::rate::{RateDecision, RateLimitConfig, RateLimiter};
+use crate::sip::registrar::{
+    Binding, OperatorId, RegisterContext, Registrar, RegistrarConfig, SipCredentials,
+};
+use crate::sip::transaction::{
+    Action, ServerEvent, ServerState, ServerTransaction, TimerConfig, TransactionKey, Transport,
+};
+use crate::sip::transport::{TransportKind, response_destination};
+use crate::sip::validate::{Inbound, Policy, StreamInbound, receive_datagram, receive_stream};
+
+/// Endpoint settings (`[sip]` in the server's configuration). Every field
+/// has a default.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SipConfig {
+    /// RFC 3261 T1 (RTT estimate), T2 and T4, in milliseconds.
+    pub t1_ms: u64,
+    pub t2_ms: u64,
+    pub t4_ms: u64,
+    /// Larger messages get `513` (RFC 3261 §21.5.14).
+    pub max_message_size: usize,
+    /// TCP connections open at once; further ones are closed at accept.
+    pub max_tcp_connections: usize,
+    /// A TCP connection silent this long is closed.
+    pub tcp_idle_timeout_secs: u64,
+    /// Server transactions at once; beyond, new requests get `503`.
+    pub max_transactions: usize,
+    /// Requests waiting for the TU; beyond, `503`.
+    pub tu_queue: usize,
+    /// `Server` header value of the responses the endpoint makes itself.
+    pub server_name: String,
+    pub rate_limit: RateLimitConfig,
+    pub registrar: RegistrarConfig,
+}
+
+impl Default for SipConfig {
+    fn default() -> SipConfig {
+        SipConfig {
+            t1_ms: 500,
+            t2_ms: 4_000,
+            t4_ms: 5_000,
+            max_message_size: Limits::default().max_message_size,
+            max_tcp_connections: 1_024,
+            tcp_idle_timeout_secs: 300,
+            max_transactions: 50_000,
+            tu_queue: 1_024,
+            server_name: "ccu".into(),
+            rate_limit: RateLimitConfig::default(),
+            registrar: RegistrarConfig::default(),
+        }
+    }
+}
+
+impl SipConfig {
+    fn timers(&self) -> TimerConfig {
+        TimerConfig {
+            t1: Duration::from_millis(self.t1_ms),
+            t2: Duration::from_millis(self.t2_ms),
+            t4: Duration::from_millis(self.t4_ms),
+        }
+    }
+
+    fn policy(&self) -> Policy {
+        Policy {
+            limits: Limits {
+                max_message_size: self.max_message_size,
+                ..Limits::default()
+            },
+            ..Policy::default()
+        }
+    }
+}
+
+/// Why the endpoint cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum EndpointError {
+    #[error("cannot read the local address of the SIP {transport} socket: {source}")]
+    LocalAddr {
+        transport: TransportKind,
+        source: std::io::Error,
+    },
+    #[error("no randomness for the nonce secret: {0}")]
+    Random(getrandom::Error),
+    #[error("sip.registrar.algorithms is empty: at least one digest algorithm is needed")]
+    NoDigestAlgorithms,
+}
+
+/// Why a response could not be handed to the endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RespondError {
+    /// An ACK has no transaction and gets no response (RFC 3261 §17.1.1.3).
+    #[error("an ACK has no transaction to respond on")]
+    NoTransaction,
+    #[error("the SIP endpoint has shut down")]
+    Closed,
+}
+
+/// A request for the TU, with the way to answer it.
+#[derive(Debug)]
+pub struct IncomingRequest {
+    /// The request, its top Via stamped with `received`/`rport`.
+    pub request: Request,
+    pub source: SocketAddr,
+    pub transport: TransportKind,
+    pub handle: ServerTxHandle,
+}
+
+/// Answers one server transaction. Cheap to clone; outlives the
+/// transaction harmlessly (responses after the final one are dropped, RFC
+/// 3261 §17.2.2).
+#[derive(Debug, Clone)]
+pub struct ServerTxHandle {
+    key: Option<TransactionKey>,
+    to_tag: String,
+    core: mpsc::Sender<CoreInput>,
+    cancelled: CancellationToken,
+}
+
+impl ServerTxHandle {
+    /// The To tag to put in every response of this transaction (and of the
+    /// dialog it creates): random, drawn by the endpoint.
+    pub fn to_tag(&self) -> &str {
+        &self.to_tag
+    }
+
+    /// Sends a provisional or final response through the transaction,
+    /// which retransmits it over UDP as RFC 3261 §17.2 says.
+    pub async fn respond(&self, response: Response) -> Result<(), RespondError> {
+        let key = self.key.clone().ok_or(RespondError::NoTransaction)?;
+        self.core
+            .send(CoreInput::Respond { key, response })
+            .await
+            .map_err(|_| RespondError::Closed)
+    }
+
+    /// Cancelled when a CANCEL for this INVITE arrived: the endpoint has
+    /// already answered it `487 Request Terminated` (RFC 3261 §9.2).
+    pub fn cancelled(&self) -> &CancellationToken {
+        &self.cancelled
+    }
+}
+
+/// Counters since start, for metrics and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EndpointStats {
+    pub datagrams_received: u64,
+    pub requests_received: u64,
+    /// Retransmitted requests matched to their transaction.
+    pub retransmissions_absorbed: u64,
+    /// Requests answered by the validation layer (400, 501, 513...).
+    pub rejected: u64,
+    pub dropped: u64,
+    /// Over the rate limit: answered `503`.
+    pub rate_limited_refused: u64,
+    /// Over the rate limit: dropped.
+    pub rate_limited_dropped: u64,
+    pub tcp_connections_refused: u64,
+    pub messages_sent: u64,
+    pub send_failures: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    datagrams_received: AtomicU64,
+    requests_received: AtomicU64,
+    retransmissions_absorbed: AtomicU64,
+    rejected: AtomicU64,
+    dropped: AtomicU64,
+    rate_limited_refused: AtomicU64,
+    rate_limited_dropped: AtomicU64,
+    tcp_connections_refused: AtomicU64,
+    messages_sent: AtomicU64,
+    send_failures: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+impl Counters {
+    fn snapshot(&self) -> EndpointStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        EndpointStats {
+            datagrams_received: get(&self.datagrams_received),
+            requests_received: get(&self.requests_received),
+            retransmissions_absorbed: get(&self.retransmissions_absorbed),
+            rejected: get(&self.rejected),
+            dropped: get(&self.dropped),
+            rate_limited_refused: get(&self.rate_limited_refused),
+            rate_limited_dropped: get(&self.rate_limited_dropped),
+            tcp_connections_refused: get(&self.tcp_connections_refused),
+            messages_sent: get(&self.messages_sent),
+            send_failures: get(&self.send_failures),
+        }
+    }
+}
+
+/// A running endpoint.
+pub struct SipEndpoint {
+    udp_addr: SocketAddr,
+    tcp_addr: Option<SocketAddr>,
+    registrar: Arc<Mutex<Registrar>>,
+    counters: Arc<Counters>,
+    tasks: JoinSet<()>,
+}
+
+/// The clock of the shell. Tokio's, so that `tokio::time::pause` moves
+/// the transaction timers in tests.
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+fn wall_clock() -> Duration {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+}
+
+/// Locks the registrar. A std mutex: the critical sections are short and
+/// never await; a panic inside one leaves consistent-enough state (maps
+/// of bindings), so poisoning is ignored.
+fn lock(registrar: &Mutex<Registrar>) -> std::sync::MutexGuard<'_, Registrar> {
+    registrar.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl SipEndpoint {
+    /// Binds UDP and TCP on the same address. With port 0, UDP picks the
+    /// port and TCP takes the same one (retrying a few times if it is taken).
+    pub async fn bind(addr: SocketAddr) -> std::io::Result<(UdpSocket, TcpListener)> {
+        let mut last_error = None;
+        for _ in 0..8 {
+            let udp = UdpSocket::bind(addr).await?;
+            let port = udp.local_addr()?.port();
+            match TcpListener::bind(SocketAddr::new(addr.ip(), port)).await {
+                Ok(tcp) => return Ok((udp, tcp)),
+                Err(e) if addr.port() == 0 => last_error = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| std::io::Error::other("no free port")))
+    }
+
+    /// Starts the endpoint on bound sockets (tokio ones: convert std
+    /// sockets with `from_std` after `set_nonblocking(true)`). Must be
+    /// called inside a tokio runtime. Requests other than REGISTER, OPTIONS
+    /// and CANCEL arrive on the returned receiver; if it is dropped or full
+    /// they get `503`. Everything stops when `shutdown` is cancelled.
+    pub fn start<C: SipCredentials>(
+        config: SipConfig,
+        udp: UdpSocket,
+        tcp: Option<TcpListener>,
+        credentials: C,
+        shutdown: CancellationToken,
+    ) -> Result<(SipEndpoint, mpsc::Receiver<IncomingRequest>), EndpointError> {
+        if config.registrar.algorithms.is_empty() {
+            return Err(EndpointError::NoDigestAlgorithms);
+        }
+        let udp_addr = udp
+            .local_addr()
+            .map_err(|source| EndpointError::LocalAddr {
+                transport: TransportKind::Udp,
+                source,
+            })?;
+        let tcp_addr = tcp
+            .as_ref()
+            .map(TcpListener::local_addr)
+            .transpose()
+            .map_err(|source| EndpointError::LocalAddr {
+                transport: TransportKind::Tcp,
+                source,
+            })?;
+        let mut secret = [0_u8; 32];
+        getrandom::fill(&mut secret).map_err(EndpointError::Random)?;
+        let seed = getrandom::u64().map_err(EndpointError::Random)?;
+
+        let registrar = Arc::new(Mutex::new(Registrar::new(config.registrar.clone(), secret)));
+        let counters = Arc::new(Counters::default());
+        let (core_tx, core_rx) = mpsc::channel(4_096);
+        let (tu_tx, tu_rx) = mpsc::channel(config.tu_queue.max(1));
+        let (register_tx, register_rx) = mpsc::channel(config.tu_queue.max(1));
+        let mut tasks = JoinSet::new();
+
+        let policy = Arc::new(config.policy());
+        if let Some(listener) = tcp {
+            tasks.spawn(accept_loop(
+                listener,
+                AcceptContext {
+                    core: core_tx.clone(),
+                    policy: policy.clone(),
+                    connections: Arc::new(Semaphore::new(config.max_tcp_connections)),
+                    idle_timeout: Duration::from_secs(config.tcp_idle_timeout_secs.max(1)),
+                    counters: counters.clone(),
+                    shutdown: shutdown.clone(),
+                },
+            ));
+        }
+        tasks.spawn(registrar_loop(
+            register_rx,
+            registrar.clone(),
+            Arc::new(credentials),
+            shutdown.clone(),
+        ));
+        let core = Core {
+            timers_config: config.timers(),
+            allow: policy
+                .allowed_methods
+                .iter()
+                .map(Method::as_str)
+                .collect::<Vec<_>>()
+                .join(", "),
+            recv_buffer: config.max_message_size.saturating_add(1).max(2_048),
+            limiter: RateLimiter::new(config.rate_limit),
+            policy,
+            config,
+            udp,
+            transactions: HashMap::new(),
+            timers: BinaryHeap::new(),
+            ids: HashMap::new(),
+            next_id: 0,
+            connections: HashMap::new(),
+            tu: tu_tx,
+            registrar: register_tx,
+            core_tx,
+            tags: TagSource(seed),
+            counters: counters.clone(),
+        };
+        tasks.spawn(core.run(core_rx, shutdown));
+        Ok((
+            SipEndpoint {
+                udp_addr,
+                tcp_addr,
+                registrar,
+                counters,
+                tasks,
+            },
+            tu_rx,
+        ))
+    }
+
+    pub fn udp_addr(&self) -> SocketAddr {
+        self.udp_addr
+    }
+
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.tcp_addr
+    }
+
+    /// The operator's registered devices now (for the call offer).
+    pub fn bindings(&self, operator: OperatorId) -> Vec<Binding> {
+        lock(&self.registrar)
+            .registrations()
+            .lookup(operator, now())
+    }
+
+    pub fn stats(&self) -> EndpointStats {
+        self.counters.snapshot()
+    }
+
+    /// Waits until every task of the endpoint has stopped (after the
+    /// shutdown token is cancelled).
+    pub async fn wait(mut self) {
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// Random To tags: SplitMix64 seeded from the OS. Tags need to be unique
+/// and hard to guess (RFC 3261 §19.3), not secret keys, and drawing from
+/// the OS for every datagram would cost a syscall each.
+struct TagSource(u64);
+
+impl TagSource {
+    fn next(&mut self) -> String {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        format!("{:016x}", z ^ (z >> 31))
+    }
+}
+
+type ConnId = u64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Destination {
+    Udp(SocketAddr),
+    Tcp(ConnId),
+}
+
+#[derive(Debug)]
+enum CoreInput {
+    Opened {
+        conn: ConnId,
+        writer: mpsc::Sender<Vec<u8>>,
+    },
+    Stream {
+        conn: ConnId,
+        peer: SocketAddr,
+        inbound: Inbound,
+    },
+    Closed {
+        conn: ConnId,
+    },
+    Respond {
+        key: TransactionKey,
+        response: Response,
+    },
+}
+
+struct Entry {
+    id: u64,
+    tx: ServerTransaction,
+    destination: Destination,
+    /// The deadline pushed on the heap for this transaction, if any;
+    /// heap items that do not match it are stale and skipped.
+    scheduled: Option<Instant>,
+    to_tag: String,
+    cancelled: CancellationToken,
+    source: SocketAddr,
+    transport: TransportKind,
+}
+
+struct Core {
+    config: SipConfig,
+    policy: Arc<Policy>,
+    timers_config: TimerConfig,
+    allow: String,
+    recv_buffer: usize,
+    udp: UdpSocket,
+    transactions: HashMap<TransactionKey, Entry>,
+    timers: BinaryHeap<Reverse<(Instant, u64)>>,
+    ids: HashMap<u64, TransactionKey>,
+    next_id: u64,
+    connections: HashMap<ConnId, mpsc::Sender<Vec<u8>>>,
+    limiter: RateLimiter,
+    tu: mpsc::Sender<IncomingRequest>,
+    registrar: mpsc::Sender<IncomingRequest>,
+    core_tx: mpsc::Sender<CoreInput>,
+    tags: TagSource,
+    counters: Arc<Counters>,
+}
+
+impl Core {
+    async fn run(mut self, mut inputs: mpsc::Receiver<CoreInput>, shutdown: CancellationToken) {
+        let mut buffer = vec![0_u8; self.recv_buffer];
+        loop {
+            let deadline = self.timers.peek().map(|Reverse((at, _))| *at);
+            let sleep = async move {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            // Biased: timers and TU responses before new datagrams, so a
+            // flood cannot delay retransmissions and answers.
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                () = sleep => self.fire_timers(now()),
+                input = inputs.recv() => match input {
+                    Some(input) => self.on_input(input),
+                    None => break,
+                },
+                received = self.udp.recv_from(&mut buffer) => match received {
+                    Ok((len, source)) => {
+                        bump(&self.counters.datagrams_received);
+                        let datagram = buffer.get(..len).unwrap_or_default().to_vec();
+                        self.on_datagram(&datagram, source);
+                    }
+                    // E.g. ICMP errors reported on the socket: not fatal.
+                    Err(e) => tracing::debug!(error = %e, "sip udp receive"),
+                },
+            }
+        }
+        self.shut_down();
+    }
+
+    /// Politely ends what is pending: `503` to requests not yet answered.
+    fn shut_down(&mut self) {
+        let keys: Vec<TransactionKey> = self.transactions.keys().cloned().collect();
+        let now = now();
+        for key in keys {
+            if let Some(entry) = self.transactions.get_mut(&key)
+                && matches!(
+                    entry.tx.state(),
+                    ServerState::Trying | ServerState::Proceeding
+                )
+            {
+                let response = entry
+                    .tx
+                    .request()
+                    .response(StatusCode::SERVICE_UNAVAILABLE, &entry.to_tag);
+                entry.tx.handle(now, ServerEvent::Respond(response));
+                self.drive(&key, now);
+            }
+        }
+    }
+
+    fn on_input(&mut self, input: CoreInput) {
+        match input {
+            CoreInput::Opened { conn, writer } => {
+                self.connections.insert(conn, writer);
+            }
+            CoreInput::Closed { conn } => {
+                self.connections.remove(&conn);
+            }
+            CoreInput::Stream {
+                conn,
+                peer,
+                inbound,
+            } => match inbound {
+                Inbound::Request(request) => {
+                    self.on_request(request, peer, Destination::Tcp(conn), TransportKind::Tcp);
+                }
+                // No client transactions yet: responses match nothing.
+                Inbound::Response(_) | Inbound::Reply(_) | Inbound::Drop(_) => {
+                    bump(&self.counters.dropped);
+                }
+            },
+            CoreInput::Respond { key, response } => {
+                let now = now();
+                if let Some(entry) = self.transactions.get_mut(&key) {
+                    entry.tx.handle(now, ServerEvent::Respond(response));
+                    self.drive(&key, now);
+                }
+            }
+        }
+    }
+
+    fn on_datagram(&mut self, datagram: &[u8], source: SocketAddr) {
+        let tag = self.tags.next();
+        match receive_datagram(datagram, &self.policy, &tag) {
+            Inbound::Request(request) => {
+                self.on_request(
+                    request,
+                    source,
+                    Destination::Udp(source),
+                    TransportKind::Udp,
+                );
+            }
+            Inbound::Response(_) => bump(&self.counters.dropped),
+            Inbound::Reply(reply) => {
+                // Garbage floods count against the source's budget too, so
+                // that the endpoint does not amplify them.
+                if self.limiter.check(source.ip(), now()) == RateDecision::Allow {
+                    bump(&self.counters.rejected);
+                    self.send(Destination::Udp(source), &Message::Response(reply));
+                } else {
+                    bump(&self.counters.rate_limited_dropped);
+                }
+            }
+            Inbound::Drop(reason) => {
+                tracing::debug!(%source, %reason, "sip datagram dropped");
+                bump(&self.counters.dropped);
+            }
+        }
+    }
+
+    fn on_request(
+        &mut self,
+        mut request: Request,
+        source: SocketAddr,
+        destination: Destination,
+        transport: TransportKind,
+    ) {
+        bump(&self.counters.requests_received);
+        let now = now();
+        if request.record_source(source).is_err() {
+            bump(&self.counters.dropped);
+            return;
+        }
+        let Ok(key) = TransactionKey::for_request(&request) else {
+            bump(&self.counters.dropped);
+            return;
+        };
+        if let Some(entry) = self.transactions.get_mut(&key) {
+            // A retransmission, or the ACK of a non-2xx final response.
+            if request.method != Method::Ack {
+                bump(&self.counters.retransmissions_absorbed);
+            }
+            entry.tx.handle(now, ServerEvent::Request(request));
+            self.drive(&key, now);
+            return;
+        }
+        let is_ack = request.method == Method::Ack;
+        match self.limiter.check(source.ip(), now) {
+            RateDecision::Allow => {}
+            RateDecision::Refuse { retry_after_secs } if !is_ack => {
+                bump(&self.counters.rate_limited_refused);
+                let mut response =
+                    request.response(StatusCode::SERVICE_UNAVAILABLE, &self.tags.next());
+                response
+                    .headers
+                    .push(HeaderName::RetryAfter, retry_after_secs.to_string());
+                self.send(destination, &Message::Response(response));
+                return;
+            }
+            RateDecision::Refuse { .. } | RateDecision::Drop => {
+                bump(&self.counters.rate_limited_dropped);
+                return;
+            }
+        }
+        if is_ack {
+            // The ACK of a 2xx: no transaction (RFC 3261 §17.1.1.3); the
+            // dialog layer in the TU wants it.
+            let handle = ServerTxHandle {
+                key: None,
+                to_tag: String::new(),
+                core: self.core_tx.clone(),
+                cancelled: CancellationToken::new(),
+            };
+            let _ = self.tu.try_send(IncomingRequest {
+                request,
+                source,
+                transport,
+                handle,
+            });
+            return;
+        }
+        if self.transactions.len() >= self.config.max_transactions {
+            let response = request.response(StatusCode::SERVICE_UNAVAILABLE, &self.tags.next());
+            self.send(destination, &Message::Response(response));
+            return;
+        }
+        let destination = match (destination, request.headers.top_via()) {
+            (Destination::Udp(_), Ok(via)) => Destination::Udp(response_destination(&via, source)),
+            (other, _) => other,
+        };
+        let tx_transport = if transport.is_reliable() {
+            Transport::Reliable
+        } else {
+            Transport::Unreliable
+        };
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1);
+        let entry = Entry {
+            id,
+            tx: ServerTransaction::new(request, tx_transport, self.timers_config, now),
+            destination,
+            scheduled: None,
+            to_tag: self.tags.next(),
+            cancelled: CancellationToken::new(),
+            source,
+            transport,
+        };
+        self.ids.insert(id, key.clone());
+        self.transactions.insert(key.clone(), entry);
+        self.drive(&key, now);
+    }
+
+    /// Runs a transaction's actions until it has none, then schedules its
+    /// next deadline.
+    fn drive(&mut self, key: &TransactionKey, now: Instant) {
+        loop {
+            let Some(entry) = self.transactions.get_mut(key) else {
+                return;
+            };
+            let Some(action) = entry.tx.poll(now) else {
+                break;
+            };
+            let destination = entry.destination;
+            let id = entry.id;
+            let (source, transport) = (entry.source, entry.transport);
+            match action {
+                Action::Send(message) => {
+                    if !self.send(destination, &message)
+                        && let Some(entry) = self.transactions.get_mut(key)
+                    {
+                        entry.tx.handle(now, ServerEvent::TransportError);
+                    }
+                }
+                Action::PassToTu(Message::Request(request)) => {
+                    self.dispatch(key, request, source, transport, now);
+                }
+                Action::PassToTu(Message::Response(_)) => {}
+                Action::Timeout => tracing::debug!(?key, "sip server transaction timed out"),
+                Action::TransportError => {
+                    tracing::debug!(?key, "sip transport error");
+                }
+                Action::Terminated => {
+                    self.transactions.remove(key);
+                    self.ids.remove(&id);
+                    return;
+                }
+            }
+        }
+        if let Some(entry) = self.transactions.get_mut(key) {
+            let next = entry.tx.next_deadline();
+            if next != entry.scheduled {
+                entry.scheduled = next;
+                if let Some(at) = next {
+                    self.timers.push(Reverse((at, entry.id)));
+                }
+            }
+        }
+    }
+
+    fn fire_timers(&mut self, now: Instant) {
+        while let Some(Reverse((at, id))) = self.timers.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(key) = self.ids.get(&id).cloned() else {
+                continue;
+            };
+            if let Some(entry) = self.transactions.get_mut(&key)
+                && entry.scheduled == Some(at)
+            {
+                entry.scheduled = None;
+                self.drive(&key, now);
+            }
+        }
+    }
+
+    fn respond_now(&mut self, key: &TransactionKey, response: Response, now: Instant) {
+        if let Some(entry) = self.transactions.get_mut(key) {
+            entry.tx.handle(now, ServerEvent::Respond(response));
+        }
+    }
+
+    /// A new request, through its transaction, to whoever handles it.
+    fn dispatch(
+        &mut self,
+        key: &TransactionKey,
+        request: Request,
+        source: SocketAddr,
+        transport: TransportKind,
+        now: Instant,
+    ) {
+        let Some(entry) = self.transactions.get(key) else {
+            return;
+        };
+        let to_tag = entry.to_tag.clone();
+        match request.method {
+            Method::Options => {
+                // Trunk keep-alives and capability queries (RFC 3261 §11.2).
+                let mut ok = request.response(StatusCode::OK, &to_tag);
+                ok.headers.push(HeaderName::Allow, self.allow.clone());
+                ok.headers.push(
+                    HeaderName::Accept,
+                    self.policy.accepted_body_types.join(", "),
+                );
+                ok.headers
+                    .push(HeaderName::Server, self.config.server_name.clone());
+                self.respond_now(key, ok, now);
+            }
+            Method::Cancel => self.on_cancel(key, &request, now),
+            ref method => {
+                let handle = ServerTxHandle {
+                    key: Some(key.clone()),
+                    to_tag: to_tag.clone(),
+                    core: self.core_tx.clone(),
+                    cancelled: entry.cancelled.clone(),
+                };
+                let queue = if *method == Method::Register {
+                    &self.registrar
+                } else {
+                    &self.tu
+                };
+                let incoming = IncomingRequest {
+                    request,
+                    source,
+                    transport,
+                    handle,
+                };
+                if let Err(e) = queue.try_send(incoming) {
+                    let incoming = match e {
+                        mpsc::error::TrySendError::Full(i)
+                        | mpsc::error::TrySendError::Closed(i) => i,
+                    };
+                    let busy = incoming
+                        .request
+                        .response(StatusCode::SERVICE_UNAVAILABLE, &to_tag);
+                    self.respond_now(key, busy, now);
+                }
+            }
+        }
+    }
+
+    /// CANCEL (RFC 3261 §9.2): `200` to the CANCEL and `487` to its INVITE
+    /// if that is still unanswered, `481` if there is no such INVITE.
+    fn on_cancel(&mut self, key: &TransactionKey, cancel: &Request, now: Instant) {
+        let invite_key = match key.clone() {
+            TransactionKey::Rfc3261 {
+                branch, sent_by, ..
+            } => TransactionKey::Rfc3261 {
+                branch,
+                sent_by,
+                method: Method::Invite.as_str().to_owned(),
+            },
+            TransactionKey::Rfc2543 {
+                call_id,
+                cseq,
+                from_tag,
+                top_via,
+                ..
+            } => TransactionKey::Rfc2543 {
+                call_id,
+                cseq,
+                method: Method::Invite.as_str().to_owned(),
+                from_tag,
+                top_via,
+            },
+        };
+        let answer = match self.transactions.get_mut(&invite_key) {
+            Some(invite) if invite.tx.state() == ServerState::Proceeding => {
+                let terminated = invite
+                    .tx
+                    .request()
+                    .response(StatusCode::REQUEST_TERMINATED, &invite.to_tag);
+                invite.tx.handle(now, ServerEvent::Respond(terminated));
+                invite.cancelled.cancel();
+                let tag = invite.to_tag.clone();
+                self.drive(&invite_key, now);
+                cancel.response(StatusCode::OK, &tag)
+            }
+            Some(invite) => cancel.response(StatusCode::OK, &invite.to_tag.clone()),
+            None => cancel.response(StatusCode::CALL_DOES_NOT_EXIST, &self.tags.next()),
+        };
+        self.respond_now(key, answer, now);
+    }
+
+    /// Sends without waiting; `false` when the message could not be handed
+    /// to the transport.
+    fn send(&mut self, destination: Destination, message: &Message) -> bool {
+        let bytes = message.to_bytes();
+        let sent = match destination {
+            Destination::Udp(addr) => match self.udp.try_send_to(&bytes, addr) {
+                Ok(_) => true,
+                Err(e) => {
+                    tracing::debug!(%addr, error = %e, "sip udp send");
+                    false
+                }
+            },
+            Destination::Tcp(conn) => self
+                .connections
+                .get(&conn)
+                .is_some_and(|writer| writer.try_send(bytes).is_ok()),
+        };
+        bump(if sent {
+            &self.counters.messages_sent
+        } else {
+            &self.counters.send_failures
+        });
+        sent
+    }
+}
+
+/// What the accept loop and its connections share.
+struct AcceptContext {
+    core: mpsc::Sender<CoreInput>,
+    policy: Arc<Policy>,
+    connections: Arc<Semaphore>,
+    idle_timeout: Duration,
+    counters: Arc<Counters>,
+    shutdown: CancellationToken,
+}
+
+async fn accept_loop(listener: TcpListener, cx: AcceptContext) {
+    let cx = Arc::new(cx);
+    let mut next_conn: ConnId = 0;
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            () = cx.shutdown.cancelled() => break,
+            // Reap finished connection tasks so the set does not grow.
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let Ok(permit) = cx.connections.clone().try_acquire_owned() else {
+                        bump(&cx.counters.tcp_connections_refused);
+                        drop(stream);
+                        continue;
+                    };
+                    next_conn = next_conn.wrapping_add(1);
+                    let conn = next_conn;
+                    let cx = cx.clone();
+                    connections.spawn(async move {
+                        connection(stream, peer, conn, &cx).await;
+                        drop(permit);
+                    });
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off
+                    // rather than spin.
+                    tracing::warn!(error = %e, "sip tcp accept");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+    while connections.join_next().await.is_some() {}
+}
+
+/// One TCP connection: frames requests out of the stream, writes what the
+/// core sends. Ends on EOF, a framing error (after the reply, RFC 3261
+/// §18.3), idleness, or shutdown.
+async fn connection(stream: TcpStream, peer: SocketAddr, conn: ConnId, cx: &AcceptContext) {
+    let (writer_tx, mut writer_rx) = mpsc::channel::<Vec<u8>>(64);
+    if cx
+        .core
+        .send(CoreInput::Opened {
+            conn,
+            writer: writer_tx,
+        })
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let (mut reader, mut writer) = stream.into_split();
+    let mut buffer: Vec<u8> = Vec::with_capacity(4_096);
+    let mut chunk = vec![0_u8; 16_384];
+    'connection: loop {
+        tokio::select! {
+            () = cx.shutdown.cancelled() => break,
+            out = writer_rx.recv() => match out {
+                Some(bytes) => if writer.write_all(&bytes).await.is_err() { break },
+                None => break,
+            },
+            read = tokio::time::timeout(cx.idle_timeout, reader.read(&mut chunk)) => {
+                let len = match read {
+                    Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+                    Ok(Ok(len)) => len,
+                };
+                buffer.extend_from_slice(chunk.get(..len).unwrap_or_default());
+                loop {
+                    // Keep-alive: a double CRLF "ping" gets a CRLF "pong"
+                    // (RFC 5626 §4.4.1); lone CRLFs are dropped.
+                    if buffer.iter().all(|b| matches!(b, b'\r' | b'\n')) {
+                        if buffer.windows(4).any(|w| w == b"\r\n\r\n")
+                            && writer.write_all(b"\r\n").await.is_err()
+                        {
+                            break 'connection;
+                        }
+                        buffer.clear();
+                        break;
+                    }
+                    match receive_stream(&buffer, &cx.policy, "tcp") {
+                        StreamInbound::NeedMore => break,
+                        StreamInbound::Message { inbound, consumed } => {
+                            buffer.drain(..consumed.min(buffer.len()));
+                            match inbound {
+                                Inbound::Reply(reply) => {
+                                    bump(&cx.counters.rejected);
+                                    if writer.write_all(&reply.to_bytes()).await.is_err() {
+                                        break 'connection;
+                                    }
+                                }
+                                Inbound::Drop(_) => bump(&cx.counters.dropped),
+                                inbound => {
+                                    let input = CoreInput::Stream { conn, peer, inbound };
+                                    if cx.core.send(input).await.is_err() {
+                                        break 'connection;
+                                    }
+                                }
+                            }
+                        }
+                        StreamInbound::Close { reply, error } => {
+                            tracing::debug!(%peer, %error, "sip tcp framing error");
+                            bump(&cx.counters.rejected);
+                            if let Some(reply) = reply {
+                                let _ = writer.write_all(&reply.to_bytes()).await;
+                            }
+                            break 'connection;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let _ = writer.shutdown().await;
+    let _ = cx.core.send(CoreInput::Closed { conn }).await;
+}
+
+/// REGISTERs: look the user up (async, in the store), then let the sans-IO
+/// registrar decide. One short task per REGISTER so that a slow store
+/// query does not hold up the others; the rate limiter and the transaction
+/// limit bound how many there are.
+async fn registrar_loop<C: SipCredentials>(
+    mut requests: mpsc::Receiver<IncomingRequest>,
+    registrar: Arc<Mutex<Registrar>>,
+    credentials: Arc<C>,
+    shutdown: CancellationToken,
+) {
+    let mut purge = tokio::time::interval(Duration::from_secs(60));
+    let mut running = JoinSet::new();
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            Some(_) = running.join_next(), if !running.is_empty() => {}
+            _ = purge.tick() => lock(&registrar).purge(now(), wall_clock()),
+            incoming = requests.recv() => {
+                let Some(incoming) = incoming else { break };
+                let registrar = registrar.clone();
+                let credentials = credentials.clone();
+                running.spawn(async move {
+                    let username = lock(&registrar).username_to_look_up(&incoming.request);
+                    let credential = match username {
+                        Some(username) => credentials.lookup(&username).await,
+                        None => None,
+                    };
+                    let response = lock(&registrar).register(
+                        RegisterContext {
+                            request: &incoming.request,
+                            source: incoming.source,
+                            transport: incoming.transport,
+                            now: now(),
+                            wall_clock: wall_clock(),
+                            to_tag: incoming.handle.to_tag(),
+                        },
+                        credential.as_ref(),
+                    );
+                    let _ = incoming.handle.respond(response).await;
+                });
+            }
+        }
+    }
+    running.abort_all();
+}
