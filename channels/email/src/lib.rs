@@ -1,1 +1,3 @@
-//! ccu-email: the e-mail channel (work in progress).
+//! ccu-email: the e-mail channel.
+pub mod address;
+pub mod smtp;
