@@ -3,6 +3,7 @@ pub mod address;
 mod html;
 pub mod inbound;
 pub mod noise;
+pub mod outbound;
 pub mod smtp;
 pub mod threading;
 
