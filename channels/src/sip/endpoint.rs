@@ -104,7 +104,11 @@ pub struct SipConfig {
     pub max_tcp_connections: usize,
     /// A TCP connection silent this long is closed.
     pub tcp_idle_timeout_secs: u64,
-    /// Server transactions at once; beyond, new requests get `503`.
+    /// Server transactions at once; beyond, new requests get `503`. A
+    /// non-INVITE transaction over UDP stays 64·T1 = 32 s after its final
+    /// response (Timer J, to absorb retransmissions) and takes a few KB, so
+    /// this bounds both memory (50,000: ~200 MB) and the sustained UDP
+    /// request rate before `503`s (50,000 / 32 s: ~1,500 requests/s).
     pub max_transactions: usize,
     /// Requests waiting for the TU; beyond, `503`.
     pub tu_queue: usize,

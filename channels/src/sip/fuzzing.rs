@@ -8,6 +8,7 @@
 
 use crate::sip::message::{HeaderName, Message};
 use crate::sip::parse::{parse, parse_stream};
+use crate::sip::sdp;
 use crate::sip::validate::{Inbound, Policy, StreamInbound, receive_datagram, receive_stream};
 
 /// Feeds `data` to every entry point of the SIP message layer and checks:
@@ -54,4 +55,25 @@ fn without_length(mut message: Message) -> Message {
         Message::Response(r) => r.headers.remove_all(&HeaderName::ContentLength),
     }
     message
+}
+
+/// Feeds `data` to the SDP parser and checks: what parses serializes to
+/// text that parses back to the same description, and answering it never
+/// panics and yields an answer that parses, with one m-line per offered
+/// one (RFC 3264 §6).
+pub fn sdp(data: &[u8]) {
+    let Ok(offer) = sdp::parse(data) else {
+        return;
+    };
+    let text = offer.to_string();
+    assert_eq!(
+        sdp::parse(text.as_bytes()).as_ref(),
+        Ok(&offer),
+        "SDP does not round-trip: {text:?}"
+    );
+    let local = sdp::LocalMedia::new(std::net::Ipv4Addr::LOCALHOST.into(), 40_000, 1);
+    if let Ok((answer, _)) = sdp::answer(&offer, &local) {
+        let parsed = sdp::parse(answer.to_string().as_bytes());
+        assert_eq!(parsed.map(|a| a.media.len()), Ok(offer.media.len()));
+    }
 }

@@ -55,6 +55,7 @@ pub mod rate;
 pub mod registrar;
 pub mod reply;
 pub(crate) mod scan;
+pub mod sdp;
 pub mod transaction;
 pub mod transport;
 pub mod uri;
