@@ -434,3 +434,58 @@ fn tempdir() -> PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_refusing_the_recipient_with_550_is_a_permanent_outcome() {
+    use ccu_email::outbound::{
+        Outcome, OutgoingMail, RelayConfig, RelaySecurity, build_mail, relay_transport, try_send,
+    };
+    // Our own listener plays the relay: it refuses what is not its mailbox.
+    let mut server = Server::start(config()).await;
+    let relay = RelayConfig {
+        host: "127.0.0.1".into(),
+        port: server.addr.port(),
+        security: RelaySecurity::None,
+        credentials: None,
+        timeout: Duration::from_secs(10),
+    };
+    let (from, nobody, urp) = (
+        EmailAddress::parse("a@esempio.it").unwrap(),
+        EmailAddress::parse("nobody@elsewhere.example").unwrap(),
+        EmailAddress::parse("urp@comune.example").unwrap(),
+    );
+    let mail = |to| OutgoingMail {
+        outbox_id: 1,
+        from: &from,
+        from_name: None,
+        to,
+        to_name: None,
+        subject: "x",
+        reference: None,
+        body: "y",
+        automatic: false,
+        replying_to: None,
+        loop_token: None,
+    };
+    let transport = relay_transport(&relay).unwrap();
+    let now = std::time::SystemTime::now();
+    let outcome = try_send(
+        &transport,
+        build_mail(&mail(&nobody), "comune.example", now).unwrap(),
+    )
+    .await;
+    assert!(
+        matches!(&outcome, Outcome::Permanent { reason } if reason.contains("550")),
+        "{outcome:?}"
+    );
+    let outcome = try_send(
+        &transport,
+        build_mail(&mail(&urp), "comune.example", now).unwrap(),
+    )
+    .await;
+    assert!(matches!(outcome, Outcome::Sent { .. }), "{outcome:?}");
+    let (envelope, _) = server.next_message().await;
+    assert_eq!(envelope.recipients[0].route.queue, "urp");
+    drop(transport);
+    server.stop().await;
+}
