@@ -17,6 +17,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth;
 use crate::bus::Bus;
+use crate::hub::Hub;
+use crate::router::RouterHandle;
 use crate::config::Settings;
 use crate::ratelimit::RateLimiter;
 use crate::store::{NewUser, Role, Store, StoreError};
@@ -29,6 +31,7 @@ pub struct Inner {
     pub settings: Settings,
     pub store: Store,
     pub bus: Bus,
+    pub hub: Hub,
     pub login_per_user: RateLimiter,
     pub login_per_address: RateLimiter,
     /// A real argon2 hash to verify against when the username is unknown,
@@ -44,13 +47,15 @@ impl Deref for AppState {
 }
 
 impl AppState {
-    pub fn new(settings: Settings, store: Store, bus: Bus) -> anyhow::Result<Self> {
+    pub fn new(settings: Settings, store: Store, bus: Bus, router: RouterHandle) -> anyhow::Result<Self> {
+        let hub = Hub::new(store.clone(), bus.clone(), router, Arc::new(settings.clone()));
         let window = Duration::from_secs(settings.auth.login_window_seconds);
         let dummy_hash = auth::hash_password(&auth::random_password(24))?;
         Ok(Self(Arc::new(Inner {
             login_per_user: RateLimiter::new(settings.auth.login_failures_per_user, window),
             login_per_address: RateLimiter::new(settings.auth.login_attempts_per_address, window),
             dummy_hash,
+            hub,
             settings,
             store,
             bus,
@@ -92,8 +97,11 @@ impl Application {
             .await
             .with_context(|| format!("binding http_addr {}", settings.http_addr))?;
         let http_addr = http.local_addr()?;
+        let router = crate::router::start(&settings, store.clone(), bus.clone(), shutdown.child_token())
+            .await
+            .context("starting the router")?;
         let state =
-            tokio::task::spawn_blocking(move || AppState::new(settings, store, bus)).await??;
+            tokio::task::spawn_blocking(move || AppState::new(settings, store, bus, router)).await??;
         tracing::info!(
             %http_addr,
             store = state.store.backend(),

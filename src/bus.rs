@@ -35,6 +35,41 @@ pub enum BusEvent {
         conversation_id: i64,
         organization_id: String,
         state: String,
+        operator_id: Option<i64>,
+    },
+    /// The router offers a conversation to an operator.
+    OfferMade {
+        offer_id: u64,
+        conversation_id: i64,
+        operator_id: i64,
+        queue_id: String,
+        channel: String,
+        /// Unix ms.
+        expires_at: i64,
+        /// The citizen asked to be called back.
+        callback: bool,
+    },
+    OfferWithdrawn {
+        offer_id: u64,
+        conversation_id: i64,
+        operator_id: i64,
+        reason: String,
+    },
+    /// Position in line and estimated wait, for announcements and the widget.
+    Position {
+        conversation_id: i64,
+        queue_id: String,
+        position: u32,
+        estimated_wait_seconds: Option<u32>,
+    },
+    /// Maximum wait reached or queue closed: the channel renders the action.
+    RoutingNotice {
+        conversation_id: i64,
+        kind: String,
+        detail: serde_json::Value,
+    },
+    OperatorChanged {
+        user_id: i64,
     },
     MessageAdded {
         conversation_id: i64,

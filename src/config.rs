@@ -69,6 +69,8 @@ pub struct Settings {
     pub http: HttpSettings,
     pub auth: AuthSettings,
     pub capacity: CapacitySettings,
+    pub routing: RoutingSettings,
+    pub messages: Messages,
     pub holidays: HolidaySettings,
     pub languages: Vec<String>,
     pub organizations: BTreeMap<String, Organization>,
@@ -131,6 +133,28 @@ pub struct CapacitySettings {
     pub webform: u32,
     /// Whether an operator with open chats may still be offered a call.
     pub call_while_chatting: bool,
+}
+
+/// Engine-wide routing rules (per-queue ones live in each queue).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutingSettings {
+    pub aging_seconds_per_priority: u32,
+    pub autopause_after_misses: u32,
+    pub reoffer_delay_seconds: u32,
+    pub short_abandon_seconds: u32,
+    pub service_level_formula: ccu_routing::ServiceLevelFormula,
+    pub stats_window_seconds: u32,
+    /// 0: announce position and wait only on arrival.
+    pub announce_every_seconds: u32,
+}
+
+/// Texts given to citizens by the routing rules (Italian by default).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Messages {
+    pub closed: String,
+    pub max_wait_close: String,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -239,8 +263,10 @@ pub enum MaxWaitAction {
 pub enum ClosedAction {
     /// Play / show the closed message and end.
     Message,
-    /// Suggest the web form (chat) or take a message (voice).
+    /// Suggest the web form (chat, and voice by a message).
     SuggestWebform,
+    /// Offer to leave a voice message.
+    Voicemail,
     /// Accept and keep it queued for the next opening (mail, forms).
     Queue,
 }
@@ -289,17 +315,17 @@ pub struct Queue {
     /// Whether public holidays close this queue.
     pub holidays: bool,
     pub offer_timeout_seconds: u32,
-    /// Missed offers in a row that put an operator on "not ready".
-    pub max_missed_offers: u32,
     pub wrap_up_seconds: u32,
     pub wrap_up_codes: Vec<String>,
     pub service_level: ServiceLevel,
-    pub short_abandon_seconds: u32,
     pub max_wait_seconds: u32,
     pub max_wait_action: MaxWaitAction,
     pub closed_action: ClosedAction,
     #[serde(default)]
     pub overflow: Vec<OverflowStep>,
+    /// What conversations already waiting get when the queue closes.
+    #[serde(default)]
+    pub closing_policy: ccu_routing::ClosingPolicy,
 }
 
 impl Settings {
@@ -412,6 +438,7 @@ impl Settings {
             self.http.request_timeout_seconds,
         )?;
         positive("auth.session_ttl_seconds", self.auth.session_ttl_seconds)?;
+        positive("routing.stats_window_seconds", self.routing.stats_window_seconds.into())?;
         positive("auth.login_window_seconds", self.auth.login_window_seconds)?;
         positive(
             "auth.login_failures_per_user",
@@ -521,10 +548,6 @@ impl Settings {
         positive(
             &format!("{key}.offer_timeout_seconds"),
             queue.offer_timeout_seconds.into(),
-        )?;
-        positive(
-            &format!("{key}.max_missed_offers"),
-            queue.max_missed_offers.into(),
         )?;
         positive(
             &format!("{key}.max_wait_seconds"),

@@ -13,7 +13,9 @@ pub mod auth;
 pub mod bus;
 pub mod cli;
 pub mod config;
+pub mod hub;
 pub mod ratelimit;
+pub mod router;
 pub mod store;
 pub mod telemetry;
 

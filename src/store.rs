@@ -87,16 +87,14 @@ macro_rules! bind_all {
 
 fn migrations(backend: &str) -> Vec<Migration> {
     let files: &[(i64, &str, &str)] = match backend {
-        "sqlite" => &[(
-            1,
-            "foundation",
-            include_str!("../migrations/sqlite/0001_foundation.sql"),
-        )],
-        _ => &[(
-            1,
-            "foundation",
-            include_str!("../migrations/postgres/0001_foundation.sql"),
-        )],
+        "sqlite" => &[
+            (1, "foundation", include_str!("../migrations/sqlite/0001_foundation.sql")),
+            (2, "presence", include_str!("../migrations/sqlite/0002_presence.sql")),
+        ],
+        _ => &[
+            (1, "foundation", include_str!("../migrations/postgres/0001_foundation.sql")),
+            (2, "presence", include_str!("../migrations/postgres/0002_presence.sql")),
+        ],
     };
     files
         .iter()
@@ -901,6 +899,176 @@ impl Store {
             assigned
         });
         Ok(assigned)
+    }
+
+    /// Records an offer and marks the conversation offered, with its event.
+    /// Returns the offer's row id.
+    pub async fn insert_offer(
+        &self,
+        conversation_id: i64,
+        operator_id: i64,
+        queue_id: &str,
+        offered_at: i64,
+        expires_at: i64,
+    ) -> Result<i64> {
+        let insert = "INSERT INTO offers (conversation_id, operator_id, queue_id, offered_at, expires_at) \
+                      VALUES ($1, $2, $3, $4, $5) RETURNING id";
+        let state = "UPDATE conversations SET state = $1, updated_at = $2 WHERE id = $3 AND state = $4";
+        let event = "INSERT INTO conversation_events (conversation_id, at, kind, queue_id, operator_id, data) \
+                     VALUES ($1, $2, 'offered', $3, $4, $5)";
+        let data = serde_json::json!({ "expires_at": expires_at }).to_string();
+        let id: i64 = with_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let id: i64 = sqlx::query_scalar(insert).bind(conversation_id).bind(operator_id).bind(queue_id)
+                .bind(offered_at).bind(expires_at).fetch_one(&mut *tx).await?;
+            sqlx::query(state).bind(ConversationState::Offered.as_str()).bind(offered_at).bind(conversation_id)
+                .bind(ConversationState::Queued.as_str()).execute(&mut *tx).await?;
+            sqlx::query(event).bind(conversation_id).bind(offered_at).bind(queue_id).bind(operator_id)
+                .bind(&data).execute(&mut *tx).await?;
+            tx.commit().await?;
+            id
+        });
+        Ok(id)
+    }
+
+    /// Settles an open offer: `accepted`, `declined`, `missed` or `withdrawn`.
+    pub async fn close_offer(&self, offer_id: i64, outcome: &str, now: i64) -> Result<()> {
+        let sql = "UPDATE offers SET outcome = $1, decided_at = $2 WHERE id = $3 AND outcome IS NULL";
+        with_pool!(self, pool => {
+            sqlx::query(sql).bind(outcome).bind(now).bind(offer_id).execute(pool).await?;
+        });
+        Ok(())
+    }
+
+    /// Withdraws every open offer (at start: the router makes them again).
+    pub async fn withdraw_open_offers(&self, now: i64) -> Result<u64> {
+        let sql = "UPDATE offers SET outcome = 'withdrawn', decided_at = $1 WHERE outcome IS NULL";
+        let n = with_pool!(self, pool => sqlx::query(sql).bind(now).execute(pool).await?.rows_affected());
+        Ok(n)
+    }
+
+    /// Moves a conversation to `state` with an event of `kind`, if it is in
+    /// one of the states in `from` (a compare-and-set). Entering a terminal
+    /// state stamps `closed_at`. Returns whether it moved.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn transition(
+        &self,
+        conversation_id: i64,
+        from: &[ConversationState],
+        to: ConversationState,
+        kind: &str,
+        operator_id: Option<i64>,
+        data: &serde_json::Value,
+        now: i64,
+    ) -> Result<bool> {
+        let mut args = vec![
+            Arg::Text(to.as_str().into()),
+            Arg::Int(now),
+            Arg::Int(conversation_id),
+        ];
+        let marks: Vec<String> = from
+            .iter()
+            .map(|s| {
+                args.push(Arg::Text(s.as_str().into()));
+                format!("${}", args.len())
+            })
+            .collect();
+        let closed = if matches!(to, ConversationState::Closed | ConversationState::Abandoned) {
+            ", closed_at = $2"
+        } else {
+            ""
+        };
+        let update = format!(
+            "UPDATE conversations SET state = $1, updated_at = $2{closed} WHERE id = $3 AND state IN ({})",
+            marks.join(", ")
+        );
+        let event = "INSERT INTO conversation_events (conversation_id, at, kind, queue_id, operator_id, data) \
+                     SELECT id, $1, $2, queue_id, $3, $4 FROM conversations WHERE id = $5";
+        let data = data.to_string();
+        let moved = with_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let done = bind_all!(sqlx::query(AssertSqlSafe(update)), &args).execute(&mut *tx).await?;
+            let moved = done.rows_affected() == 1;
+            if moved {
+                sqlx::query(event).bind(now).bind(kind).bind(operator_id).bind(&data)
+                    .bind(conversation_id).execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            moved
+        });
+        Ok(moved)
+    }
+
+    /// Moves a waiting conversation to another queue (overflow, transfer); it
+    /// keeps its enqueue time, and the new queue's organization owns it.
+    pub async fn move_to_queue(
+        &self,
+        conversation_id: i64,
+        queue_id: &str,
+        organization_id: &str,
+        kind: &str,
+        data: &serde_json::Value,
+        now: i64,
+    ) -> Result<()> {
+        let update = "UPDATE conversations SET queue_id = $1, organization_id = $2, state = $3, \
+                      operator_id = NULL, updated_at = $4 WHERE id = $5";
+        let event = "INSERT INTO conversation_events (conversation_id, at, kind, queue_id, data) VALUES ($1, $2, $3, $4, $5)";
+        let data = data.to_string();
+        with_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            sqlx::query(update).bind(queue_id).bind(organization_id).bind(ConversationState::Queued.as_str())
+                .bind(now).bind(conversation_id).execute(&mut *tx).await?;
+            sqlx::query(event).bind(conversation_id).bind(now).bind(kind).bind(queue_id).bind(&data)
+                .execute(&mut *tx).await?;
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
+    pub async fn record_wrap_up(
+        &self,
+        conversation_id: i64,
+        operator_id: i64,
+        code: &str,
+        note: Option<&str>,
+        now: i64,
+    ) -> Result<()> {
+        let sql = "INSERT INTO wrap_ups (conversation_id, operator_id, code, note, at) VALUES ($1, $2, $3, $4, $5)";
+        with_pool!(self, pool => {
+            sqlx::query(sql).bind(conversation_id).bind(operator_id).bind(code).bind(note).bind(now)
+                .execute(pool).await?;
+        });
+        Ok(())
+    }
+
+    /// Conversations the router must know about at start: waiting, offered,
+    /// in progress or in wrap-up, oldest first.
+    pub async fn active_conversations(&self) -> Result<Vec<Conversation>> {
+        let sql = format!(
+            "SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE state IN ($1, $2, $3, $4) ORDER BY enqueued_at, id"
+        );
+        let rows: Vec<ConversationRow> = with_pool!(self, pool => sqlx::query_as(AssertSqlSafe(sql))
+            .bind(ConversationState::Queued.as_str()).bind(ConversationState::Offered.as_str())
+            .bind(ConversationState::Assigned.as_str()).bind(ConversationState::WrapUp.as_str())
+            .fetch_all(pool).await?);
+        rows.into_iter().map(Conversation::try_from).collect()
+    }
+
+    /// Stores the presence an operator declared (JSON of the engine's type).
+    pub async fn set_presence(&self, user_id: i64, presence: &str, now: i64) -> Result<()> {
+        let sql = "INSERT INTO operator_presence (user_id, presence, updated_at) VALUES ($1, $2, $3) \
+                   ON CONFLICT (user_id) DO UPDATE SET presence = excluded.presence, updated_at = excluded.updated_at";
+        with_pool!(self, pool => {
+            sqlx::query(sql).bind(user_id).bind(presence).bind(now).execute(pool).await?;
+        });
+        Ok(())
+    }
+
+    /// Every stored presence: (user id, presence JSON).
+    pub async fn presences(&self) -> Result<Vec<(i64, String)>> {
+        let sql = "SELECT user_id, presence FROM operator_presence ORDER BY user_id";
+        let rows = with_pool!(self, pool => sqlx::query_as(sql).fetch_all(pool).await?);
+        Ok(rows)
     }
 
     /// Stores a message; a retry with the same `client_id` returns the

@@ -1980,6 +1980,14 @@ impl Engine {
         })
     }
 
+    /// Every operator's view, in the order they were added.
+    pub fn operators(&self) -> Vec<OperatorView> {
+        self.ops
+            .iter()
+            .filter_map(|op| self.operator(op.profile.id))
+            .collect()
+    }
+
     /// The operator's profile, if configured.
     pub fn operator_profile(&self, id: OperatorId) -> Option<&OperatorProfile> {
         Some(&self.ops[*self.op_index.get(&id)? as usize].profile)

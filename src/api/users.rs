@@ -165,6 +165,19 @@ async fn hash(password: String) -> Result<String, ApiError> {
         .map_err(|e| ApiError::Internal(e.into()))
 }
 
+/// Tells the router about a new or changed user; a deactivated one goes offline.
+async fn refresh_operator(state: &AppState, user: &User) {
+    let router = state.hub.router();
+    let profile = crate::router::operator_profile(&state.settings, router.ids(), user);
+    let mut result = router.upsert_operator(profile).await;
+    if result.is_ok() && !user.active {
+        result = router.presence(user.id, ccu_routing::Presence::Offline).await;
+    }
+    if let Err(err) = result {
+        tracing::warn!(%err, user = user.id, "the router did not take the user change");
+    }
+}
+
 /// The users the admin may manage, by username.
 #[utoipa::path(
     get, path = "/api/v1/users", tag = "users",
@@ -232,6 +245,7 @@ async fn create_user(
     };
     let now = crate::now_ms();
     let user = state.store.create_user(&new, now).await?;
+    refresh_operator(&state, &user).await;
     state
         .store
         .audit(
@@ -329,6 +343,7 @@ async fn update_user(
         .update_user(id, &changes, now)
         .await?
         .ok_or(ApiError::NotFound("user"))?;
+    refresh_operator(&state, &user).await;
     state
         .store
         .audit(
@@ -367,7 +382,9 @@ async fn deactivate_user(
         ..Default::default()
     };
     let now = crate::now_ms();
-    state.store.update_user(id, &changes, now).await?;
+    if let Some(user) = state.store.update_user(id, &changes, now).await? {
+        refresh_operator(&state, &user).await;
+    }
     state
         .store
         .audit(

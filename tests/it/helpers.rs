@@ -89,6 +89,7 @@ pub struct TestApp {
     pub dir: TempDir,
     pub admin_token: String,
     shutdown: CancellationToken,
+    server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
 impl Drop for TestApp {
@@ -105,31 +106,50 @@ pub async fn spawn_app_with(overrides: &[(&str, Value)]) -> TestApp {
     init_logs();
     let dir = tempfile::tempdir().unwrap();
     let settings = test_settings(dir.path(), overrides).await;
+    let mut app = start(dir, settings, String::new()).await;
+    let password = std::fs::read_to_string(app.dir.path().join("initial-admin-password")).unwrap();
+    app.admin_token = app.login("admin", password.trim()).await;
+    app
+}
+
+async fn start(dir: TempDir, settings: Settings, admin_token: String) -> TestApp {
     let shutdown = CancellationToken::new();
     let app = Application::build(settings, shutdown.clone())
         .await
         .expect("the app starts");
     let addr = app.http_addr();
     let state = app.state().clone();
-    tokio::spawn(app.run());
+    let server = tokio::spawn(app.run());
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();
-    let password = std::fs::read_to_string(dir.path().join("initial-admin-password")).unwrap();
-    let mut app = TestApp {
+    TestApp {
         addr,
         state,
         client,
         dir,
-        admin_token: String::new(),
+        admin_token,
         shutdown,
-    };
-    app.admin_token = app.login("admin", password.trim()).await;
-    app
+        server: Some(server),
+    }
 }
 
 impl TestApp {
+    /// Stops the server (gracefully) and starts a new one on the same data.
+    pub async fn restart(mut self) -> TestApp {
+        self.shutdown.cancel();
+        if let Some(server) = self.server.take() {
+            server.await.unwrap().unwrap();
+        }
+        let settings = self.state.settings.clone();
+        let token = std::mem::take(&mut self.admin_token);
+        // Keep the directory: move it out of the old app.
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        drop(self);
+        start(dir, settings, token).await
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }

@@ -10,4 +10,5 @@ mod authz;
 mod bus;
 mod helpers;
 mod process;
+mod routing;
 mod store_suite;

@@ -1,0 +1,195 @@
+//! The conversation hub: what channel adapters call. It **persists first,
+//! then routes**: a conversation or message is committed to the store before
+//! the router or anyone on the bus hears of it, so whatever was acknowledged
+//! to a citizen survives a crash; the router rebuilds from the store.
+
+use crate::bus::{Bus, BusEvent};
+use crate::config::Settings;
+use crate::router::{RouterError, RouterHandle};
+use crate::store::{Conversation, ConversationState, Direction, Message, NewConversation, Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("router: {0}")]
+    Router(#[from] RouterError),
+    #[error("unknown queue {0:?}")]
+    UnknownQueue(String),
+    #[error("conversation {0} not found")]
+    NotFound(i64),
+}
+
+#[derive(Clone)]
+pub struct Hub {
+    store: Store,
+    bus: Bus,
+    router: RouterHandle,
+    settings: std::sync::Arc<Settings>,
+}
+
+/// What a channel knows about a new contact.
+#[derive(Debug, Clone)]
+pub struct Arrival {
+    pub queue_id: String,
+    pub channel: crate::config::Channel,
+    pub language: String,
+    pub subject: Option<String>,
+    pub contact_id: Option<i64>,
+}
+
+impl Hub {
+    pub fn new(store: Store, bus: Bus, router: RouterHandle, settings: std::sync::Arc<Settings>) -> Self {
+        Self {
+            store,
+            bus,
+            router,
+            settings,
+        }
+    }
+
+    pub fn router(&self) -> &RouterHandle {
+        &self.router
+    }
+
+    /// Stores a new conversation (durable when this returns), then queues it.
+    pub async fn open_conversation(&self, arrival: Arrival) -> Result<Conversation, HubError> {
+        let queue = self
+            .settings
+            .queues
+            .get(&arrival.queue_id)
+            .ok_or_else(|| HubError::UnknownQueue(arrival.queue_id.clone()))?;
+        let now = crate::now_ms();
+        let year = chrono::DateTime::from_timestamp_millis(now)
+            .map(|t| chrono::Datelike::year(&t.with_timezone(&self.settings.zone())))
+            .unwrap_or(1970);
+        let conversation = self
+            .store
+            .create_conversation(
+                &NewConversation {
+                    reference_prefix: "URP".into(),
+                    organization_id: queue.organization.clone(),
+                    queue_id: arrival.queue_id.clone(),
+                    channel: arrival.channel,
+                    contact_id: arrival.contact_id,
+                    language: arrival.language.clone(),
+                    subject: arrival.subject,
+                },
+                now,
+                year,
+            )
+            .await?;
+        // Stored: from here a failure to route is recovered by the router's
+        // rebuild, never by losing the conversation.
+        self.router
+            .queued(
+                conversation.id,
+                &conversation.queue_id,
+                conversation.channel,
+                &conversation.language,
+                conversation.enqueued_at,
+            )
+            .await?;
+        self.publish(BusEvent::ConversationCreated {
+            conversation_id: conversation.id,
+            organization_id: conversation.organization_id.clone(),
+            queue_id: conversation.queue_id.clone(),
+        })
+        .await;
+        Ok(conversation)
+    }
+
+    /// Stores a message of a conversation, then tells the bus.
+    pub async fn add_message(
+        &self,
+        conversation_id: i64,
+        direction: Direction,
+        author_user_id: Option<i64>,
+        body: &str,
+        client_id: Option<&str>,
+    ) -> Result<Message, HubError> {
+        let message = self
+            .store
+            .add_message(conversation_id, crate::now_ms(), direction, author_user_id, body, client_id)
+            .await?;
+        self.publish(BusEvent::MessageAdded {
+            conversation_id,
+            message_id: message.id,
+        })
+        .await;
+        Ok(message)
+    }
+
+    /// The citizen left before an operator answered.
+    pub async fn abandon(&self, conversation_id: i64) -> Result<bool, HubError> {
+        let moved = self
+            .store
+            .transition(
+                conversation_id,
+                &[ConversationState::Queued, ConversationState::Offered],
+                ConversationState::Abandoned,
+                "abandoned",
+                None,
+                &serde_json::json!({}),
+                crate::now_ms(),
+            )
+            .await?;
+        if moved {
+            self.router.ended(conversation_id, true).await?;
+        }
+        Ok(moved)
+    }
+
+    /// The operator finished the conversation; wrap-up follows when the
+    /// queue has one, otherwise it is closed now.
+    pub async fn complete(&self, conversation_id: i64, operator_id: i64) -> Result<bool, HubError> {
+        let detail = self
+            .store
+            .get_conversation(&crate::store::Scope::All, conversation_id)
+            .await?
+            .ok_or(HubError::NotFound(conversation_id))?;
+        let conversation = detail.conversation;
+        if conversation.state != ConversationState::Assigned || conversation.operator_id != Some(operator_id) {
+            return Ok(false);
+        }
+        let wrap_up = self
+            .settings
+            .queues
+            .get(&conversation.queue_id)
+            .map(|q| q.wrap_up_seconds)
+            .unwrap_or(0);
+        let now = crate::now_ms();
+        if wrap_up == 0 {
+            self.store
+                .transition(
+                    conversation_id,
+                    &[ConversationState::Assigned],
+                    ConversationState::Closed,
+                    "completed",
+                    Some(operator_id),
+                    &serde_json::json!({}),
+                    now,
+                )
+                .await?;
+        } else {
+            self.store
+                .append_event(
+                    conversation_id,
+                    now,
+                    "completed",
+                    Some(&conversation.queue_id),
+                    Some(operator_id),
+                    &serde_json::json!({}),
+                )
+                .await?;
+        }
+        self.router.ended(conversation_id, false).await?;
+        Ok(true)
+    }
+
+    async fn publish(&self, event: BusEvent) {
+        if let Err(err) = self.bus.publish(event).await {
+            tracing::warn!(%err, "publishing failed; the store has the data");
+        }
+    }
+}

@@ -1,0 +1,884 @@
+//! The router actor: the single writer of routing state.
+//!
+//! One task owns the [`ccu_routing::Engine`]. Everything that changes
+//! routing (a conversation queued, an operator's presence, an accept, a
+//! decline, an end) arrives as a message on its channel; the actor feeds it
+//! to the engine with the current time and executes the commands that come
+//! out: each is **written to the store first** (offers, state changes,
+//! events), then announced on the bus for consoles and channel adapters.
+//! Between messages it sleeps until the engine's next deadline (offer
+//! timeouts, overflow steps, wrap-up ends, openings) and sends it a `Tick`.
+//!
+//! On start it rebuilds the engine from the store: every active user becomes
+//! an operator profile with their last declared presence, and every open
+//! conversation comes back with its original enqueue time, so waiting
+//! conversations keep their place; offers that were in flight when the
+//! process stopped are withdrawn in the store and made again by the engine.
+//!
+//! Assignment is also a compare-and-set in the store
+//! ([`Store::assign_conversation`]), so a conversation is never assigned
+//! twice even if two routers ever ran against one database. Running several
+//! nodes with one router (a Redis lease) is future work: today run the
+//! router on one node (see docs/operations.md).
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use ccu_routing::calendar::OpeningHours;
+use ccu_routing::{
+    Capacity, ClosedAction as EngineClosedAction, Command, ConversationId, EndReason, Engine, EngineConfig,
+    Event, Language, MaxWaitAction as EngineMaxWait, OfferId, OperatorId, OperatorProfile, OperatorView,
+    OrgId, OverflowAction, OverflowStep as EngineOverflowStep, Presence, QueueConfig, QueueId, QueueStats,
+    RequeueReason, RestoredConversation, RoutingError, SkillId, SkillLevel, SkillRequirement, Timestamp,
+    TransferTarget, WithdrawReason,
+};
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::bus::{Bus, BusEvent};
+use crate::config::{Channel, ClosedAction, MaxWaitAction, Settings};
+use crate::store::{ConversationState, Role, Store, StoreError, User};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RouterError {
+    #[error("routing: {0}")]
+    Routing(#[from] RoutingError),
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("unknown queue {0:?}")]
+    UnknownQueue(String),
+    #[error("that offer is not yours or no longer open")]
+    NotYourOffer,
+    #[error("the router has stopped")]
+    Stopped,
+}
+
+/// Config ids (strings) to the engine's numbers, and back.
+#[derive(Debug, Clone, Default)]
+pub struct IdMap {
+    queues: Vec<String>,
+    queue_ids: HashMap<String, QueueId>,
+    orgs: HashMap<String, OrgId>,
+    skills: HashMap<String, SkillId>,
+}
+
+impl IdMap {
+    pub fn new(settings: &Settings) -> Self {
+        let index = |i: usize| u32::try_from(i).unwrap_or(u32::MAX);
+        let queues: Vec<String> = settings.queues.keys().cloned().collect();
+        Self {
+            queue_ids: queues.iter().enumerate().map(|(i, q)| (q.clone(), QueueId(index(i)))).collect(),
+            queues,
+            orgs: settings
+                .organizations
+                .keys()
+                .enumerate()
+                .map(|(i, o)| (o.clone(), OrgId(index(i))))
+                .collect(),
+            skills: settings
+                .skills
+                .keys()
+                .enumerate()
+                .map(|(i, s)| (s.clone(), SkillId(index(i))))
+                .collect(),
+        }
+    }
+
+    pub fn queue(&self, name: &str) -> Option<QueueId> {
+        self.queue_ids.get(name).copied()
+    }
+
+    pub fn queue_name(&self, id: QueueId) -> &str {
+        self.queues.get(id.0 as usize).map(String::as_str).unwrap_or("?")
+    }
+
+    fn org(&self, name: &str) -> OrgId {
+        self.orgs.get(name).copied().unwrap_or(OrgId(u32::MAX))
+    }
+
+    fn requirements(&self, skills: &BTreeMap<String, u8>) -> Vec<SkillRequirement> {
+        skills
+            .iter()
+            .filter_map(|(name, level)| {
+                self.skills.get(name).map(|&skill| SkillRequirement {
+                    skill,
+                    min_level: *level,
+                })
+            })
+            .collect()
+    }
+}
+
+pub fn engine_channel(channel: Channel) -> ccu_routing::Channel {
+    match channel {
+        Channel::Voice => ccu_routing::Channel::Voice,
+        Channel::Chat => ccu_routing::Channel::Chat,
+        Channel::Email => ccu_routing::Channel::Email,
+        Channel::Webform => ccu_routing::Channel::Webform,
+    }
+}
+
+pub fn engine_config(settings: &Settings) -> EngineConfig {
+    let r = &settings.routing;
+    EngineConfig {
+        aging_secs_per_priority: r.aging_seconds_per_priority,
+        autopause_after_misses: r.autopause_after_misses,
+        reoffer_delay_secs: r.reoffer_delay_seconds,
+        short_abandon_secs: r.short_abandon_seconds,
+        service_level_formula: r.service_level_formula,
+        stats_window_secs: r.stats_window_seconds,
+        timezone: settings.zone(),
+        ..EngineConfig::default()
+    }
+}
+
+/// A configured queue as the engine sees it.
+pub fn queue_config(settings: &Settings, ids: &IdMap, name: &str) -> Result<QueueConfig, RouterError> {
+    let queue = settings
+        .queues
+        .get(name)
+        .ok_or_else(|| RouterError::UnknownQueue(name.to_owned()))?;
+    let id = ids.queue(name).ok_or_else(|| RouterError::UnknownQueue(name.to_owned()))?;
+    let hours: OpeningHours = settings
+        .opening_hours(name)
+        .map_err(|_| RouterError::UnknownQueue(name.to_owned()))?;
+    let requirements = ids.requirements(&queue.skills);
+    let mut overflow = Vec::new();
+    for step in &queue.overflow {
+        if let Some(level) = step.relax_min_level {
+            for req in &requirements {
+                overflow.push(EngineOverflowStep {
+                    after_secs: step.after_seconds,
+                    action: OverflowAction::RelaxLevel {
+                        skill: req.skill,
+                        min_level: level.min(req.min_level),
+                    },
+                });
+            }
+        }
+        if !step.add_skills.is_empty() {
+            overflow.push(EngineOverflowStep {
+                after_secs: step.after_seconds,
+                action: OverflowAction::AddSkillGroup(ids.requirements(&step.add_skills)),
+            });
+        }
+        if let Some(target) = step.to_queue.as_deref().and_then(|q| ids.queue(q)) {
+            overflow.push(EngineOverflowStep {
+                after_secs: step.after_seconds,
+                action: OverflowAction::MoveToQueue(target),
+            });
+        }
+    }
+    let max_wait = match queue.max_wait_action {
+        MaxWaitAction::Callback => EngineMaxWait::Callback,
+        MaxWaitAction::Voicemail => EngineMaxWait::Voicemail,
+        MaxWaitAction::Close => EngineMaxWait::Close {
+            message: settings.messages.max_wait_close.clone(),
+        },
+    };
+    let closed_action = match queue.closed_action {
+        ClosedAction::Message => EngineClosedAction::Message(settings.messages.closed.clone()),
+        ClosedAction::SuggestWebform => EngineClosedAction::SuggestWebform,
+        ClosedAction::Voicemail => EngineClosedAction::Voicemail,
+        ClosedAction::Queue => EngineClosedAction::Queue,
+    };
+    let mut config = QueueConfig::new(id, ids.org(&queue.organization), requirements);
+    config.shared_with = queue.shared_with.iter().map(|o| ids.org(o)).collect();
+    config.priority = queue.priority;
+    config.strategy = queue.strategy;
+    config.offer_timeout_secs = queue.offer_timeout_seconds;
+    config.wrap_up_secs = queue.wrap_up_seconds;
+    config.target_secs = queue.service_level.target_seconds;
+    config.overflow = overflow;
+    config.max_wait = Some((queue.max_wait_seconds, max_wait));
+    config.hours = Some(hours);
+    config.closed_action = closed_action;
+    config.closing_policy = queue.closing_policy;
+    config.announce_every_secs = Some(settings.routing.announce_every_seconds).filter(|s| *s > 0);
+    Ok(config)
+}
+
+/// A user as the engine sees an operator.
+pub fn operator_profile(settings: &Settings, ids: &IdMap, user: &User) -> OperatorProfile {
+    let defaults = &settings.capacity;
+    let cap = |channel: &str, default: u32| {
+        let n = user.capacity.get(channel).copied().unwrap_or(default);
+        u8::try_from(n).unwrap_or(u8::MAX)
+    };
+    let skills = user
+        .skills
+        .iter()
+        .filter_map(|(name, level)| ids.skills.get(name).map(|&skill| SkillLevel { skill, level: *level }))
+        .collect();
+    let mut profile = OperatorProfile::new(OperatorId(user_key(user.id)), ids.org(&user.organization_id), skills);
+    profile.languages = user.languages.iter().filter_map(|l| Language::parse(l).ok()).collect();
+    profile.capacity = Capacity {
+        voice: cap("voice", defaults.voice),
+        chat: cap("chat", defaults.chat),
+        email: cap("email", defaults.email),
+        webform: cap("webform", defaults.webform),
+        call_with_chats: defaults.call_while_chatting,
+    };
+    profile
+}
+
+fn user_key(id: i64) -> u64 {
+    u64::try_from(id).unwrap_or(0)
+}
+
+fn user_id(op: OperatorId) -> i64 {
+    i64::try_from(op.0).unwrap_or(i64::MAX)
+}
+
+fn conversation_key(id: i64) -> ConversationId {
+    ConversationId(u64::try_from(id).unwrap_or(0))
+}
+
+fn conversation_id(c: ConversationId) -> i64 {
+    i64::try_from(c.0).unwrap_or(i64::MAX)
+}
+
+/// What the dashboard shows: per-queue statistics and every operator.
+#[derive(Debug, Clone, Serialize)]
+pub struct Snapshot {
+    pub queues: Vec<(String, QueueStats)>,
+    pub operators: Vec<OperatorView>,
+}
+
+enum Message {
+    Event {
+        event: Event,
+        /// For offer answers: the operator who must own the offer.
+        operator: Option<OperatorId>,
+        reply: Option<oneshot::Sender<Result<(), RouterError>>>,
+    },
+    UpsertOperator(Box<OperatorProfile>),
+    Snapshot(oneshot::Sender<Snapshot>),
+}
+
+/// The way in: cheap to clone, used by the hub, the consoles and the API.
+#[derive(Clone)]
+pub struct RouterHandle {
+    tx: mpsc::Sender<Message>,
+    ids: std::sync::Arc<IdMap>,
+}
+
+impl RouterHandle {
+    pub fn ids(&self) -> &IdMap {
+        &self.ids
+    }
+
+    async fn request(&self, event: Event, operator: Option<OperatorId>) -> Result<(), RouterError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(Message::Event {
+                event,
+                operator,
+                reply: Some(reply),
+            })
+            .await
+            .map_err(|_| RouterError::Stopped)?;
+        answer.await.map_err(|_| RouterError::Stopped)?
+    }
+
+    /// A stored conversation enters its queue.
+    pub async fn queued(
+        &self,
+        conversation: i64,
+        queue: &str,
+        channel: Channel,
+        language: &str,
+        enqueued_at: i64,
+    ) -> Result<(), RouterError> {
+        let queue = self.ids.queue(queue).ok_or_else(|| RouterError::UnknownQueue(queue.to_owned()))?;
+        self.request(
+            Event::ConversationQueued {
+                conversation: conversation_key(conversation),
+                queue,
+                channel: engine_channel(channel),
+                language: Language::parse(language).ok(),
+                enqueued_at: Some(Timestamp::from_millis(enqueued_at)),
+            },
+            None,
+        )
+        .await
+    }
+
+    pub async fn presence(&self, user: i64, presence: Presence) -> Result<(), RouterError> {
+        self.request(
+            Event::OperatorPresence {
+                operator: OperatorId(user_key(user)),
+                presence,
+            },
+            None,
+        )
+        .await
+    }
+
+    /// The operator accepts an offer made to them (and only to them).
+    pub async fn accept(&self, user: i64, offer: u64) -> Result<(), RouterError> {
+        self.request(Event::OfferAccepted { offer: OfferId(offer) }, Some(OperatorId(user_key(user))))
+            .await
+    }
+
+    pub async fn decline(&self, user: i64, offer: u64) -> Result<(), RouterError> {
+        self.request(Event::OfferRejected { offer: OfferId(offer) }, Some(OperatorId(user_key(user))))
+            .await
+    }
+
+    /// The conversation ended: completed by the operator or abandoned by the citizen.
+    pub async fn ended(&self, conversation: i64, abandoned: bool) -> Result<(), RouterError> {
+        let reason = if abandoned { EndReason::Abandoned } else { EndReason::Completed };
+        self.request(
+            Event::ConversationEnded {
+                conversation: conversation_key(conversation),
+                reason,
+            },
+            None,
+        )
+        .await
+    }
+
+    pub async fn transfer_to_queue(&self, conversation: i64, queue: &str) -> Result<(), RouterError> {
+        let queue = self.ids.queue(queue).ok_or_else(|| RouterError::UnknownQueue(queue.to_owned()))?;
+        self.request(
+            Event::Transfer {
+                conversation: conversation_key(conversation),
+                target: TransferTarget::Queue(queue),
+            },
+            None,
+        )
+        .await
+    }
+
+    pub async fn transfer_to_operator(&self, conversation: i64, user: i64) -> Result<(), RouterError> {
+        self.request(
+            Event::Transfer {
+                conversation: conversation_key(conversation),
+                target: TransferTarget::Operator(OperatorId(user_key(user))),
+            },
+            None,
+        )
+        .await
+    }
+
+    pub async fn wrap_up_done(
+        &self,
+        user: i64,
+        conversation: Option<i64>,
+        disposition: Option<String>,
+    ) -> Result<(), RouterError> {
+        self.request(
+            Event::WrapUpDone {
+                operator: OperatorId(user_key(user)),
+                conversation: conversation.map(conversation_key),
+                disposition,
+            },
+            None,
+        )
+        .await
+    }
+
+    /// A user was created or changed: refresh their operator profile.
+    pub async fn upsert_operator(&self, profile: OperatorProfile) -> Result<(), RouterError> {
+        self.tx
+            .send(Message::UpsertOperator(Box::new(profile)))
+            .await
+            .map_err(|_| RouterError::Stopped)
+    }
+
+    pub async fn snapshot(&self) -> Result<Snapshot, RouterError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx.send(Message::Snapshot(reply)).await.map_err(|_| RouterError::Stopped)?;
+        answer.await.map_err(|_| RouterError::Stopped)
+    }
+}
+
+/// The actor's state besides the engine.
+struct Actor {
+    engine: Engine,
+    settings: Settings,
+    ids: std::sync::Arc<IdMap>,
+    store: Store,
+    bus: Bus,
+    /// Engine offer -> its row in `offers`.
+    offer_rows: HashMap<OfferId, i64>,
+    /// Conversation -> its accepted/open offer, to settle on assign or requeue.
+    open_offer: HashMap<ConversationId, OfferId>,
+}
+
+fn now() -> Timestamp {
+    Timestamp::from_millis(crate::now_ms())
+}
+
+/// Builds the engine from config and store and starts the actor.
+pub async fn start(
+    settings: &Settings,
+    store: Store,
+    bus: Bus,
+    shutdown: CancellationToken,
+) -> Result<RouterHandle, RouterError> {
+    let ids = std::sync::Arc::new(IdMap::new(settings));
+    let mut engine = Engine::new(engine_config(settings));
+    // Two passes: overflow may move conversations to a queue added later.
+    for name in settings.queues.keys() {
+        let mut config = queue_config(settings, &ids, name)?;
+        config.overflow.clear();
+        engine.add_queue(config)?;
+    }
+    for name in settings.queues.keys() {
+        engine.update_queue(queue_config(settings, &ids, name)?)?;
+    }
+    let users = store.list_users(&crate::store::Scope::All).await?;
+    for user in users.iter().filter(|u| u.active) {
+        engine.upsert_operator(operator_profile(settings, &ids, user))?;
+    }
+    let stored_presence: HashMap<i64, String> = store.presences().await?.into_iter().collect();
+    let presences = users
+        .iter()
+        .filter(|u| u.active && u.role >= Role::Operator)
+        .filter_map(|u| {
+            let presence: Presence = serde_json::from_str(stored_presence.get(&u.id)?).ok()?;
+            Some((OperatorId(user_key(u.id)), presence))
+        })
+        .collect();
+    let now_ms = crate::now_ms();
+    store.withdraw_open_offers(now_ms).await?;
+    let mut restored = Vec::new();
+    for c in store.active_conversations().await? {
+        let Some(queue) = ids.queue(&c.queue_id) else {
+            tracing::warn!(conversation = c.id, queue = %c.queue_id, "queue no longer configured; left as it is");
+            continue;
+        };
+        if c.state == ConversationState::WrapUp {
+            // After-contact work does not survive a restart: close it.
+            store
+                .transition(
+                    c.id,
+                    &[ConversationState::WrapUp],
+                    ConversationState::Closed,
+                    "wrap_up_ended",
+                    c.operator_id,
+                    &serde_json::json!({ "timed_out": true, "reason": "restart" }),
+                    now_ms,
+                )
+                .await?;
+            continue;
+        }
+        let assigned = match (c.state, c.operator_id) {
+            (ConversationState::Assigned, Some(op)) => Some((
+                OperatorId(user_key(op)),
+                Timestamp::from_millis(c.assigned_at.unwrap_or(c.enqueued_at)),
+            )),
+            _ => None,
+        };
+        if c.state == ConversationState::Offered {
+            // The offer was withdrawn above; the conversation waits again.
+            store
+                .transition(
+                    c.id,
+                    &[ConversationState::Offered],
+                    ConversationState::Queued,
+                    "requeued",
+                    None,
+                    &serde_json::json!({ "reason": "restart" }),
+                    now_ms,
+                )
+                .await?;
+        }
+        restored.push(RestoredConversation {
+            id: conversation_key(c.id),
+            queue,
+            channel: engine_channel(c.channel),
+            language: Language::parse(&c.language).ok(),
+            enqueued_at: Timestamp::from_millis(c.enqueued_at),
+            queue_entered_at: None,
+            callback: false,
+            assigned,
+        });
+    }
+    let waiting = restored.len();
+    engine.restore(Timestamp::from_millis(now_ms), presences, restored)?;
+    tracing::info!(conversations = waiting, "router restored its state from the store");
+
+    let (tx, rx) = mpsc::channel(1024);
+    let actor = Actor {
+        engine,
+        settings: settings.clone(),
+        ids: ids.clone(),
+        store,
+        bus,
+        offer_rows: HashMap::new(),
+        open_offer: HashMap::new(),
+    };
+    tokio::spawn(actor.run(rx, shutdown));
+    Ok(RouterHandle { tx, ids })
+}
+
+impl Actor {
+    async fn run(mut self, mut rx: mpsc::Receiver<Message>, shutdown: CancellationToken) {
+        // Commands the restore produced (offers made again).
+        self.execute_pending().await;
+        loop {
+            let deadline = self.engine.next_deadline().map(|t| {
+                let wait = t.as_millis().saturating_sub(crate::now_ms()).max(0);
+                tokio::time::Instant::now() + Duration::from_millis(u64::try_from(wait).unwrap_or(0))
+            });
+            let sleep = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = sleep => {
+                    if let Err(err) = self.engine.handle(now(), Event::Tick) {
+                        tracing::warn!(%err, "tick refused");
+                    }
+                }
+                message = rx.recv() => {
+                    let Some(message) = message else { return };
+                    self.receive(message).await;
+                }
+            }
+            self.execute_pending().await;
+        }
+    }
+
+    async fn receive(&mut self, message: Message) {
+        match message {
+            Message::Event { event, operator, reply } => {
+                let mut result = self.check_owner(&event, operator);
+                if result.is_ok()
+                    && let Event::OperatorPresence { operator, presence } = &event
+                {
+                    // Stored first, so a restart puts the operator back.
+                    result = self.remember_presence(*operator, presence).await;
+                }
+                if result.is_ok() {
+                    result = self.engine.handle(now(), event).map_err(RouterError::from);
+                }
+                if let Some(reply) = reply {
+                    let _ = reply.send(result);
+                }
+            }
+            Message::UpsertOperator(profile) => {
+                if let Err(err) = self.engine.upsert_operator(*profile) {
+                    tracing::warn!(%err, "operator profile refused");
+                }
+            }
+            Message::Snapshot(reply) => {
+                let at = now();
+                let queues = self
+                    .settings
+                    .queues
+                    .keys()
+                    .filter_map(|name| {
+                        let id = self.ids.queue(name)?;
+                        self.engine.queue_stats(id, at).ok().map(|s| (name.clone(), s))
+                    })
+                    .collect();
+                let operators = self.engine.operators();
+                let _ = reply.send(Snapshot { queues, operators });
+            }
+        }
+    }
+
+    /// An answer to an offer is accepted only from the operator it was made to.
+    fn check_owner(&self, event: &Event, operator: Option<OperatorId>) -> Result<(), RouterError> {
+        let offer = match event {
+            Event::OfferAccepted { offer } | Event::OfferRejected { offer } => *offer,
+            _ => return Ok(()),
+        };
+        let Some(operator) = operator else { return Ok(()) };
+        match self.engine.operator(operator) {
+            Some(view) if view.offers.contains(&offer) => Ok(()),
+            _ => Err(RouterError::NotYourOffer),
+        }
+    }
+
+    async fn remember_presence(&self, operator: OperatorId, presence: &Presence) -> Result<(), RouterError> {
+        let json = serde_json::to_string(presence).unwrap_or_default();
+        self.store.set_presence(user_id(operator), &json, crate::now_ms()).await?;
+        Ok(())
+    }
+
+    async fn execute_pending(&mut self) {
+        while let Some(command) = self.engine.poll() {
+            if let Err(err) = self.execute(command.clone()).await {
+                tracing::error!(%err, ?command, "executing a routing command failed");
+            }
+        }
+    }
+
+    async fn execute(&mut self, command: Command) -> Result<(), RouterError> {
+        let now_ms = crate::now_ms();
+        match command {
+            Command::Offer {
+                offer,
+                conversation,
+                operator,
+                queue,
+                channel,
+                expires_at,
+                callback,
+            } => {
+                let queue_name = self.ids.queue_name(queue).to_owned();
+                let row = self
+                    .store
+                    .insert_offer(
+                        conversation_id(conversation),
+                        user_id(operator),
+                        &queue_name,
+                        now_ms,
+                        expires_at.as_millis(),
+                    )
+                    .await?;
+                self.offer_rows.insert(offer, row);
+                self.open_offer.insert(conversation, offer);
+                metrics::counter!("ccu_offers_total", "queue" => queue_name.clone()).increment(1);
+                self.publish(BusEvent::OfferMade {
+                    offer_id: offer.0,
+                    conversation_id: conversation_id(conversation),
+                    operator_id: user_id(operator),
+                    queue_id: queue_name,
+                    channel: format!("{channel:?}").to_lowercase(),
+                    expires_at: expires_at.as_millis(),
+                    callback,
+                })
+                .await;
+            }
+            Command::Withdraw {
+                offer,
+                conversation,
+                operator,
+                reason,
+            } => {
+                self.settle(offer, conversation, "withdrawn", now_ms).await?;
+                self.publish(BusEvent::OfferWithdrawn {
+                    offer_id: offer.0,
+                    conversation_id: conversation_id(conversation),
+                    operator_id: user_id(operator),
+                    reason: withdraw_reason(reason).to_owned(),
+                })
+                .await;
+            }
+            Command::Assign {
+                conversation,
+                operator,
+                queue,
+                waited_ms,
+            } => {
+                if let Some(offer) = self.open_offer.get(&conversation).copied() {
+                    self.settle(offer, conversation, "accepted", now_ms).await?;
+                }
+                let id = conversation_id(conversation);
+                let assigned = self.store.assign_conversation(id, user_id(operator), now_ms).await?;
+                if !assigned {
+                    // The store's compare-and-set refused: it was assigned already.
+                    tracing::error!(conversation = id, "refused a second assignment");
+                    return Ok(());
+                }
+                metrics::histogram!("ccu_wait_seconds", "queue" => self.ids.queue_name(queue).to_owned())
+                    .record(waited_ms as f64 / 1000.0);
+                self.changed(id, "assigned", Some(user_id(operator))).await?;
+            }
+            Command::Requeued {
+                conversation,
+                queue: _,
+                reason,
+            } => {
+                let outcome = match reason {
+                    RequeueReason::Rejected => "declined",
+                    RequeueReason::Missed => "missed",
+                    RequeueReason::OperatorUnavailable => "withdrawn",
+                };
+                if let Some(offer) = self.open_offer.get(&conversation).copied() {
+                    self.settle(offer, conversation, outcome, now_ms).await?;
+                }
+                let id = conversation_id(conversation);
+                self.store
+                    .transition(
+                        id,
+                        &[ConversationState::Offered, ConversationState::Assigned],
+                        ConversationState::Queued,
+                        "requeued",
+                        None,
+                        &serde_json::json!({ "reason": outcome }),
+                        now_ms,
+                    )
+                    .await?;
+                self.changed(id, "queued", None).await?;
+            }
+            Command::Overflow { conversation, from, to } => {
+                let (from, to) = (self.ids.queue_name(from).to_owned(), self.ids.queue_name(to).to_owned());
+                let org = self
+                    .settings
+                    .queues
+                    .get(&to)
+                    .map(|q| q.organization.clone())
+                    .unwrap_or_default();
+                let id = conversation_id(conversation);
+                self.store
+                    .move_to_queue(id, &to, &org, "overflow", &serde_json::json!({ "from": from }), now_ms)
+                    .await?;
+                self.changed(id, "queued", None).await?;
+            }
+            Command::Announce {
+                conversation,
+                queue,
+                position,
+                estimated_wait_secs,
+            } => {
+                self.publish(BusEvent::Position {
+                    conversation_id: conversation_id(conversation),
+                    queue_id: self.ids.queue_name(queue).to_owned(),
+                    position,
+                    estimated_wait_seconds: estimated_wait_secs,
+                })
+                .await;
+            }
+            Command::MaxWaitReached {
+                conversation,
+                queue,
+                action,
+            } => {
+                let id = conversation_id(conversation);
+                let action = serde_json::to_value(&action).unwrap_or_default();
+                self.store
+                    .append_event(id, now_ms, "max_wait", Some(self.ids.queue_name(queue)), None, &action)
+                    .await?;
+                self.publish(BusEvent::RoutingNotice {
+                    conversation_id: id,
+                    kind: "max_wait".into(),
+                    detail: action,
+                })
+                .await;
+            }
+            Command::QueueClosed {
+                conversation,
+                queue,
+                action,
+            } => {
+                let id = conversation_id(conversation);
+                let action = serde_json::to_value(&action).unwrap_or_default();
+                self.store
+                    .append_event(id, now_ms, "queue_closed", Some(self.ids.queue_name(queue)), None, &action)
+                    .await?;
+                self.publish(BusEvent::RoutingNotice {
+                    conversation_id: id,
+                    kind: "queue_closed".into(),
+                    detail: action,
+                })
+                .await;
+            }
+            Command::OperatorAutoPaused { operator, missed } => {
+                let user = user_id(operator);
+                let presence = Presence::NotReady(ccu_routing::NotReadyReason::MissedOffers { count: missed });
+                self.remember_presence(operator, &presence).await?;
+                self.store
+                    .audit(
+                        &crate::store::AuditEntry {
+                            actor_user_id: None,
+                            address: None,
+                            action: "operator_auto_paused",
+                            target: Some(user.to_string()),
+                            detail: serde_json::json!({ "missed_offers": missed }),
+                        },
+                        now_ms,
+                    )
+                    .await?;
+                self.publish(BusEvent::OperatorChanged { user_id: user }).await;
+            }
+            Command::WrapUpStarted {
+                operator,
+                conversation,
+                until,
+            } => {
+                let id = conversation_id(conversation);
+                self.store
+                    .transition(
+                        id,
+                        &[ConversationState::Assigned],
+                        ConversationState::WrapUp,
+                        "wrap_up_started",
+                        Some(user_id(operator)),
+                        &serde_json::json!({ "until": until.as_millis() }),
+                        now_ms,
+                    )
+                    .await?;
+                self.changed(id, "wrap_up", Some(user_id(operator))).await?;
+            }
+            Command::WrapUpEnded {
+                operator,
+                conversation,
+                disposition,
+                timed_out,
+            } => {
+                let id = conversation_id(conversation);
+                if let Some(code) = &disposition {
+                    self.store.record_wrap_up(id, user_id(operator), code, None, now_ms).await?;
+                }
+                self.store
+                    .transition(
+                        id,
+                        &[ConversationState::WrapUp, ConversationState::Assigned],
+                        ConversationState::Closed,
+                        "wrap_up_ended",
+                        Some(user_id(operator)),
+                        &serde_json::json!({ "disposition": disposition, "timed_out": timed_out }),
+                        now_ms,
+                    )
+                    .await?;
+                self.changed(id, "closed", Some(user_id(operator))).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn settle(&mut self, offer: OfferId, conversation: ConversationId, outcome: &str, now_ms: i64) -> Result<(), RouterError> {
+        if let Some(row) = self.offer_rows.remove(&offer) {
+            self.store.close_offer(row, outcome, now_ms).await?;
+        }
+        if self.open_offer.get(&conversation) == Some(&offer) {
+            self.open_offer.remove(&conversation);
+        }
+        Ok(())
+    }
+
+    async fn changed(&self, id: i64, state: &str, operator: Option<i64>) -> Result<(), RouterError> {
+        let organization_id = self
+            .store
+            .get_conversation(&crate::store::Scope::All, id)
+            .await?
+            .map(|d| d.conversation.organization_id)
+            .unwrap_or_default();
+        self.publish(BusEvent::ConversationChanged {
+            conversation_id: id,
+            organization_id,
+            state: state.to_owned(),
+            operator_id: operator,
+        })
+        .await;
+        Ok(())
+    }
+
+    async fn publish(&self, event: BusEvent) {
+        if let Err(err) = self.bus.publish(event).await {
+            // The store has it; consoles resynchronise from there.
+            tracing::warn!(%err, "publishing a routing event failed");
+        }
+    }
+}
+
+fn withdraw_reason(reason: WithdrawReason) -> &'static str {
+    match reason {
+        WithdrawReason::AnsweredElsewhere => "answered_elsewhere",
+        WithdrawReason::Abandoned => "abandoned",
+        WithdrawReason::OperatorUnavailable => "operator_unavailable",
+        WithdrawReason::TimedOut => "timed_out",
+        WithdrawReason::Transferred => "transferred",
+    }
+}
