@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use ccu_channels::sip::digest::{self, Algorithm};
-use ccu_channels::sip::endpoint::{IncomingRequest, SipConfig, SipEndpoint};
+use ccu_channels::sip::endpoint::{ClientOutcome, IncomingRequest, SipConfig, SipEndpoint, Target};
 use ccu_channels::sip::message::{HeaderName, Message, Method, Response, StatusCode};
 use ccu_channels::sip::parse::{parse, parse_stream};
 use ccu_channels::sip::rate::RateLimitConfig;
@@ -462,4 +462,123 @@ async fn shutdown_stops_every_task() {
     tokio::time::timeout(Duration::from_secs(5), ep.endpoint.wait())
         .await
         .unwrap();
+}
+
+/// A request from ccu, without Via: the endpoint adds it.
+fn outgoing_options(peer_port: u16) -> ccu_channels::sip::Request {
+    let text = format!(
+        "OPTIONS sip:1001@127.0.0.1:{peer_port} SIP/2.0\r\nMax-Forwards: 70\r\n\
+         From: <sip:ccu@{REALM}>;tag=ccu1\r\nTo: <sip:1001@{REALM}>\r\nCall-ID: out-1\r\n\
+         CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+    );
+    match parse(text.as_bytes()).unwrap() {
+        Message::Request(r) => r,
+        Message::Response(_) => panic!(),
+    }
+}
+
+impl Peer {
+    async fn recv_request_within(&self, wait: Duration) -> Option<ccu_channels::sip::Request> {
+        let mut buf = vec![0_u8; 65_536];
+        let (len, _) = tokio::time::timeout(wait, self.socket.recv_from(&mut buf))
+            .await
+            .ok()?
+            .unwrap();
+        match parse(&buf[..len]).unwrap() {
+            Message::Request(r) => Some(r),
+            Message::Response(r) => panic!("unexpected response {r:?}"),
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_from_ccu_is_retransmitted_until_answered_and_the_answer_reported() {
+    let ep = spawn_endpoint(|_| {}).await;
+    let phone = Peer::new(ep.endpoint.udp_addr()).await;
+    let target = Target::Udp(phone.socket.local_addr().unwrap());
+    let mut tx = ep
+        .endpoint
+        .send_request(outgoing_options(phone.port()), target)
+        .await
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    // Regression: the first datagram of a fresh endpoint used to be lost
+    // (tokio's try_send_to says WouldBlock before the reactor has seen the
+    // socket writable).
+    let first = phone
+        .recv_request_within(Duration::from_secs(1))
+        .await
+        .expect("the first request, not only its retransmission");
+    let via = first.headers.top_via().unwrap();
+    assert_eq!(via.branch(), Some(tx.branch()));
+    assert_eq!(via.port, Some(ep.endpoint.udp_addr().port()));
+    // Timer E: the phone stays silent, ccu sends again after T1.
+    let again = phone
+        .recv_request_within(Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert_eq!(started.elapsed(), Duration::from_millis(500));
+    assert_eq!(again, first);
+    let ok = first.response(StatusCode::OK, "phone1");
+    phone
+        .send(std::str::from_utf8(&ok.to_bytes()).unwrap())
+        .await;
+    match tx.next().await {
+        Some(ClientOutcome::Response(r)) => {
+            assert_eq!(r.status, StatusCode::OK);
+            assert_eq!(r.headers.to().unwrap().tag(), Some("phone1"));
+        }
+        other => panic!("{other:?}"),
+    }
+    // A retransmitted 200 is absorbed; after Timer K the transaction ends.
+    phone
+        .send(std::str::from_utf8(&ok.to_bytes()).unwrap())
+        .await;
+    assert_eq!(tx.next().await, None);
+    assert!(
+        phone
+            .recv_request_within(Duration::from_secs(40))
+            .await
+            .is_none()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unanswered_request_from_ccu_times_out_after_64_t1() {
+    let ep = spawn_endpoint(|_| {}).await;
+    let phone = Peer::new(ep.endpoint.udp_addr()).await;
+    let target = Target::Udp(phone.socket.local_addr().unwrap());
+    let mut tx = ep
+        .endpoint
+        .send_request(outgoing_options(phone.port()), target)
+        .await
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    let mut sent_at = Vec::new();
+    while let Some(_) = phone.recv_request_within(Duration::from_secs(5)).await {
+        sent_at.push(started.elapsed().as_millis());
+    }
+    // T1 doubling up to T2 = 4 s (RFC 3261 §17.1.2.2).
+    assert_eq!(
+        sent_at,
+        [
+            0, 500, 1_500, 3_500, 7_500, 11_500, 15_500, 19_500, 23_500, 27_500, 31_500
+        ]
+    );
+    assert_eq!(tx.next().await, Some(ClientOutcome::Timeout));
+    assert_eq!(tx.next().await, None);
+}
+
+#[tokio::test]
+async fn a_request_to_a_tcp_peer_without_a_connection_is_a_transport_error() {
+    let ep = spawn_endpoint(|_| {}).await;
+    let mut tx = ep
+        .endpoint
+        .send_request(
+            outgoing_options(5060),
+            Target::Tcp("127.0.0.1:9".parse().unwrap()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(tx.next().await, Some(ClientOutcome::TransportError));
 }

@@ -84,7 +84,8 @@ use crate::sip::registrar::{
     Binding, OperatorId, RegisterContext, Registrar, RegistrarConfig, SipCredentials,
 };
 use crate::sip::transaction::{
-    Action, ServerEvent, ServerState, ServerTransaction, TimerConfig, TransactionKey, Transport,
+    Action, ClientEvent, ClientTransaction, ServerEvent, ServerState, ServerTransaction,
+    TimerConfig, TransactionKey, Transport,
 };
 use crate::sip::transport::{TransportKind, response_destination};
 use crate::sip::validate::{Inbound, Policy, StreamInbound, receive_datagram, receive_stream};
@@ -164,6 +165,8 @@ pub enum EndpointError {
         transport: TransportKind,
         source: std::io::Error,
     },
+    #[error("cannot set up the SIP UDP socket: {0}")]
+    Socket(std::io::Error),
     #[error("no randomness for the nonce secret: {0}")]
     Random(getrandom::Error),
     #[error("sip.registrar.algorithms is empty: at least one digest algorithm is needed")]
@@ -225,6 +228,48 @@ impl ServerTxHandle {
     }
 }
 
+/// Where a request from ccu goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    Udp(SocketAddr),
+    /// Over the open TCP connection from this peer (a phone registered
+    /// over TCP: its binding's `source`). Connecting out is not done yet.
+    Tcp(SocketAddr),
+}
+
+/// What happens to a request sent with [`SipEndpoint::send_request`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClientOutcome {
+    /// A provisional or final response (RFC 3261 §17.1: retransmissions
+    /// are absorbed; the ACK of a non-2xx final is sent by the endpoint).
+    Response(Response),
+    /// Timer B or F: no final response (treat as 408).
+    Timeout,
+    /// The request could not be sent (no such TCP connection, socket
+    /// error).
+    TransportError,
+}
+
+/// The responses to one request sent by ccu. Ends (`None`) when the
+/// transaction is over.
+#[derive(Debug)]
+pub struct ClientTx {
+    events: mpsc::Receiver<ClientOutcome>,
+    branch: String,
+}
+
+impl ClientTx {
+    pub async fn next(&mut self) -> Option<ClientOutcome> {
+        self.events.recv().await
+    }
+
+    /// The branch the endpoint put in the request's Via (for a CANCEL,
+    /// which must carry the same one, RFC 3261 §9.1).
+    pub fn branch(&self) -> &str {
+        &self.branch
+    }
+}
+
 /// Counters since start, for metrics and tests.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct EndpointStats {
@@ -282,6 +327,7 @@ impl Counters {
 
 /// A running endpoint.
 pub struct SipEndpoint {
+    core: mpsc::Sender<CoreInput>,
     udp_addr: SocketAddr,
     tcp_addr: Option<SocketAddr>,
     registrar: Arc<Mutex<Registrar>>,
@@ -354,6 +400,13 @@ impl SipEndpoint {
                 transport: TransportKind::Tcp,
                 source,
             })?;
+        // UDP sends go through a std clone of the socket: a direct
+        // non-blocking sendto. Tokio's `try_send_to` answers WouldBlock
+        // until the reactor has seen the socket writable, which lost the
+        // first datagram of a fresh endpoint.
+        let std_udp = udp.into_std().map_err(EndpointError::Socket)?;
+        let udp_sender = std_udp.try_clone().map_err(EndpointError::Socket)?;
+        let udp = UdpSocket::from_std(std_udp).map_err(EndpointError::Socket)?;
         let mut secret = [0_u8; 32];
         getrandom::fill(&mut secret).map_err(EndpointError::Random)?;
         let seed = getrandom::u64().map_err(EndpointError::Random)?;
@@ -398,20 +451,25 @@ impl SipEndpoint {
             policy,
             config,
             udp,
+            udp_sender,
             transactions: HashMap::new(),
+            clients: HashMap::new(),
+            peers: HashMap::new(),
+            udp_addr,
             timers: BinaryHeap::new(),
             ids: HashMap::new(),
             next_id: 0,
             connections: HashMap::new(),
             tu: tu_tx,
             registrar: register_tx,
-            core_tx,
+            core_tx: core_tx.clone(),
             tags: TagSource(seed),
             counters: counters.clone(),
         };
         tasks.spawn(core.run(core_rx, shutdown));
         Ok((
             SipEndpoint {
+                core: core_tx,
                 udp_addr,
                 tcp_addr,
                 registrar,
@@ -439,6 +497,48 @@ impl SipEndpoint {
 
     pub fn stats(&self) -> EndpointStats {
         self.counters.snapshot()
+    }
+
+    /// Sends a request through a client transaction (RFC 3261 §17.1):
+    /// the endpoint adds the top Via (its address, a fresh branch,
+    /// `rport`), retransmits over UDP (Timers A/E) and reports responses,
+    /// timeout or transport failure on the returned [`ClientTx`]. Not for
+    /// ACK (use [`SipEndpoint::send_stateless`]).
+    pub async fn send_request(
+        &self,
+        request: Request,
+        target: Target,
+    ) -> Result<ClientTx, RespondError> {
+        let (events, receiver) = mpsc::channel(16);
+        let (branch_tx, branch_rx) = tokio::sync::oneshot::channel();
+        self.core
+            .send(CoreInput::SendRequest {
+                request,
+                target,
+                events,
+                branch: branch_tx,
+            })
+            .await
+            .map_err(|_| RespondError::Closed)?;
+        let branch = branch_rx.await.map_err(|_| RespondError::Closed)?;
+        Ok(ClientTx {
+            events: receiver,
+            branch,
+        })
+    }
+
+    /// Sends a message outside any transaction (the ACK of a 2xx, a 2xx
+    /// retransmission by the dialog layer). The message is sent as is: an
+    /// ACK carries the Via the caller gives it.
+    pub async fn send_stateless(
+        &self,
+        message: Message,
+        target: Target,
+    ) -> Result<(), RespondError> {
+        self.core
+            .send(CoreInput::Stateless { message, target })
+            .await
+            .map_err(|_| RespondError::Closed)
     }
 
     /// Waits until every task of the endpoint has stopped (after the
@@ -475,7 +575,18 @@ enum Destination {
 enum CoreInput {
     Opened {
         conn: ConnId,
+        peer: SocketAddr,
         writer: mpsc::Sender<Vec<u8>>,
+    },
+    SendRequest {
+        request: Request,
+        target: Target,
+        events: mpsc::Sender<ClientOutcome>,
+        branch: tokio::sync::oneshot::Sender<String>,
+    },
+    Stateless {
+        message: Message,
+        target: Target,
     },
     Stream {
         conn: ConnId,
@@ -504,6 +615,14 @@ struct Entry {
     transport: TransportKind,
 }
 
+struct ClientEntry {
+    id: u64,
+    tx: ClientTransaction,
+    destination: Destination,
+    scheduled: Option<Instant>,
+    events: mpsc::Sender<ClientOutcome>,
+}
+
 struct Core {
     config: SipConfig,
     policy: Arc<Policy>,
@@ -511,9 +630,17 @@ struct Core {
     allow: String,
     recv_buffer: usize,
     udp: UdpSocket,
+    /// The same socket, for sends that never wait (see `start`).
+    udp_sender: std::net::UdpSocket,
     transactions: HashMap<TransactionKey, Entry>,
+    clients: HashMap<TransactionKey, ClientEntry>,
+    /// TCP connections by peer address, for requests to phones registered
+    /// over TCP.
+    peers: HashMap<SocketAddr, ConnId>,
+    udp_addr: SocketAddr,
     timers: BinaryHeap<Reverse<(Instant, u64)>>,
-    ids: HashMap<u64, TransactionKey>,
+    /// Heap ids to transactions; `true` for client transactions.
+    ids: HashMap<u64, (bool, TransactionKey)>,
     next_id: u64,
     connections: HashMap<ConnId, mpsc::Sender<Vec<u8>>>,
     limiter: RateLimiter,
@@ -582,11 +709,24 @@ impl Core {
 
     fn on_input(&mut self, input: CoreInput) {
         match input {
-            CoreInput::Opened { conn, writer } => {
+            CoreInput::Opened { conn, peer, writer } => {
                 self.connections.insert(conn, writer);
+                self.peers.insert(peer, conn);
             }
             CoreInput::Closed { conn } => {
                 self.connections.remove(&conn);
+                self.peers.retain(|_, c| *c != conn);
+            }
+            CoreInput::SendRequest {
+                request,
+                target,
+                events,
+                branch,
+            } => self.send_request(request, target, events, branch),
+            CoreInput::Stateless { message, target } => {
+                if let Some(destination) = self.destination(target) {
+                    self.send(destination, &message);
+                }
             }
             CoreInput::Stream {
                 conn,
@@ -596,10 +736,8 @@ impl Core {
                 Inbound::Request(request) => {
                     self.on_request(request, peer, Destination::Tcp(conn), TransportKind::Tcp);
                 }
-                // No client transactions yet: responses match nothing.
-                Inbound::Response(_) | Inbound::Reply(_) | Inbound::Drop(_) => {
-                    bump(&self.counters.dropped);
-                }
+                Inbound::Response(response) => self.on_response(response),
+                Inbound::Reply(_) | Inbound::Drop(_) => bump(&self.counters.dropped),
             },
             CoreInput::Respond { key, response } => {
                 let now = now();
@@ -622,7 +760,7 @@ impl Core {
                     TransportKind::Udp,
                 );
             }
-            Inbound::Response(_) => bump(&self.counters.dropped),
+            Inbound::Response(response) => self.on_response(response),
             Inbound::Reply(reply) => {
                 // Garbage floods count against the source's budget too, so
                 // that the endpoint does not amplify them.
@@ -727,7 +865,7 @@ impl Core {
             source,
             transport,
         };
-        self.ids.insert(id, key.clone());
+        self.ids.insert(id, (false, key.clone()));
         self.transactions.insert(key.clone(), entry);
         self.drive(&key, now);
     }
@@ -785,14 +923,141 @@ impl Core {
                 break;
             }
             self.timers.pop();
-            let Some(key) = self.ids.get(&id).cloned() else {
+            let Some((client, key)) = self.ids.get(&id).cloned() else {
                 continue;
             };
-            if let Some(entry) = self.transactions.get_mut(&key)
+            if client {
+                if let Some(entry) = self.clients.get_mut(&key)
+                    && entry.scheduled == Some(at)
+                {
+                    entry.scheduled = None;
+                    self.drive_client(&key, now);
+                }
+            } else if let Some(entry) = self.transactions.get_mut(&key)
                 && entry.scheduled == Some(at)
             {
                 entry.scheduled = None;
                 self.drive(&key, now);
+            }
+        }
+    }
+
+    fn destination(&self, target: Target) -> Option<Destination> {
+        match target {
+            Target::Udp(addr) => Some(Destination::Udp(addr)),
+            Target::Tcp(peer) => self.peers.get(&peer).map(|c| Destination::Tcp(*c)),
+        }
+    }
+
+    fn send_request(
+        &mut self,
+        mut request: Request,
+        target: Target,
+        events: mpsc::Sender<ClientOutcome>,
+        branch_reply: tokio::sync::oneshot::Sender<String>,
+    ) {
+        let now = now();
+        let branch = format!("z9hG4bK{}", self.tags.next());
+        let _ = branch_reply.send(branch.clone());
+        let Some(destination) = self.destination(target) else {
+            let _ = events.try_send(ClientOutcome::TransportError);
+            return;
+        };
+        let (transport, tx_transport) = match destination {
+            Destination::Udp(_) => (TransportKind::Udp, Transport::Unreliable),
+            Destination::Tcp(_) => (TransportKind::Tcp, Transport::Reliable),
+        };
+        // Our Via goes on top (RFC 3261 §8.1.1.7, §18.1.1).
+        let via = format!(
+            "SIP/2.0/{transport} {};branch={branch};rport",
+            self.udp_addr
+        );
+        let mut headers = crate::sip::message::Headers::new();
+        headers.push(HeaderName::Via, via);
+        for header in &request.headers {
+            headers.push(header.name.clone(), header.value.clone());
+        }
+        request.headers = headers;
+        let Ok(key) = TransactionKey::for_request(&request) else {
+            let _ = events.try_send(ClientOutcome::TransportError);
+            return;
+        };
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1);
+        self.ids.insert(id, (true, key.clone()));
+        self.clients.insert(
+            key.clone(),
+            ClientEntry {
+                id,
+                tx: ClientTransaction::new(request, tx_transport, self.timers_config, now),
+                destination,
+                scheduled: None,
+                events,
+            },
+        );
+        self.drive_client(&key, now);
+    }
+
+    fn on_response(&mut self, response: Response) {
+        let now = now();
+        let Ok(key) = TransactionKey::for_response(&response) else {
+            bump(&self.counters.dropped);
+            return;
+        };
+        match self.clients.get_mut(&key) {
+            Some(entry) => {
+                entry.tx.handle(now, ClientEvent::Response(response));
+                self.drive_client(&key, now);
+            }
+            // A response that matches nothing is dropped (RFC 3261 §18.1.2).
+            None => bump(&self.counters.dropped),
+        }
+    }
+
+    fn drive_client(&mut self, key: &TransactionKey, now: Instant) {
+        loop {
+            let Some(entry) = self.clients.get_mut(key) else {
+                return;
+            };
+            let Some(action) = entry.tx.poll(now) else {
+                break;
+            };
+            let (destination, id) = (entry.destination, entry.id);
+            let events = entry.events.clone();
+            // The TU's queue is bounded; a TU that does not read loses
+            // events rather than stalling the core.
+            match action {
+                Action::Send(message) => {
+                    if !self.send(destination, &message)
+                        && let Some(entry) = self.clients.get_mut(key)
+                    {
+                        entry.tx.handle(now, ClientEvent::TransportError);
+                    }
+                }
+                Action::PassToTu(Message::Response(response)) => {
+                    let _ = events.try_send(ClientOutcome::Response(response));
+                }
+                Action::PassToTu(Message::Request(_)) => {}
+                Action::Timeout => {
+                    let _ = events.try_send(ClientOutcome::Timeout);
+                }
+                Action::TransportError => {
+                    let _ = events.try_send(ClientOutcome::TransportError);
+                }
+                Action::Terminated => {
+                    self.clients.remove(key);
+                    self.ids.remove(&id);
+                    return;
+                }
+            }
+        }
+        if let Some(entry) = self.clients.get_mut(key) {
+            let next = entry.tx.next_deadline();
+            if next != entry.scheduled {
+                entry.scheduled = next;
+                if let Some(at) = next {
+                    self.timers.push(Reverse((at, entry.id)));
+                }
             }
         }
     }
@@ -910,7 +1175,7 @@ impl Core {
     fn send(&mut self, destination: Destination, message: &Message) -> bool {
         let bytes = message.to_bytes();
         let sent = match destination {
-            Destination::Udp(addr) => match self.udp.try_send_to(&bytes, addr) {
+            Destination::Udp(addr) => match self.udp_sender.send_to(&bytes, addr) {
                 Ok(_) => true,
                 Err(e) => {
                     tracing::debug!(%addr, error = %e, "sip udp send");
@@ -986,6 +1251,7 @@ async fn connection(stream: TcpStream, peer: SocketAddr, conn: ConnId, cx: &Acce
         .core
         .send(CoreInput::Opened {
             conn,
+            peer,
             writer: writer_tx,
         })
         .await

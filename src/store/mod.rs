@@ -88,12 +88,12 @@ macro_rules! bind_all {
 fn migrations(backend: &str) -> Vec<Migration> {
     let files: &[(i64, &str, &str)] = match backend {
         "sqlite" => &[
-            (1, "foundation", include_str!("../migrations/sqlite/0001_foundation.sql")),
-            (2, "presence", include_str!("../migrations/sqlite/0002_presence.sql")),
+            (1, "foundation", include_str!("../../migrations/sqlite/0001_foundation.sql")),
+            (2, "presence", include_str!("../../migrations/sqlite/0002_presence.sql")),
         ],
         _ => &[
-            (1, "foundation", include_str!("../migrations/postgres/0001_foundation.sql")),
-            (2, "presence", include_str!("../migrations/postgres/0002_presence.sql")),
+            (1, "foundation", include_str!("../../migrations/postgres/0001_foundation.sql")),
+            (2, "presence", include_str!("../../migrations/postgres/0002_presence.sql")),
         ],
     };
     files
