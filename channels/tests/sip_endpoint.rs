@@ -555,7 +555,11 @@ async fn an_unanswered_request_from_ccu_times_out_after_64_t1() {
         .unwrap();
     let started = tokio::time::Instant::now();
     let mut sent_at = Vec::new();
-    while let Some(_) = phone.recv_request_within(Duration::from_secs(5)).await {
+    while phone
+        .recv_request_within(Duration::from_secs(5))
+        .await
+        .is_some()
+    {
         sent_at.push(started.elapsed().as_millis());
     }
     // T1 doubling up to T2 = 4 s (RFC 3261 §17.1.2.2).

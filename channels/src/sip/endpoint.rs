@@ -34,7 +34,8 @@
 //!         let _ = incoming.handle.respond(response).await;
 //!     }
 //! });
-//! // The call offer finds the operator's phones:
+//! // The call offer finds the operator's phones, and sends them requests
+//! // through client transactions (`send_request(request, Target::Udp(binding.source))`).
 //! assert!(endpoint.bindings(OperatorId(1)).is_empty());
 //! shutdown.cancel();
 //! endpoint.wait().await;
@@ -43,7 +44,7 @@
 //!
 //! # Inside
 //!
-//! One core task owns the transaction table (keyed by
+//! One core task owns the server and client transaction tables (keyed by
 //! [`TransactionKey`]), the rate limiter and the UDP socket; it sleeps until
 //! the earliest transaction deadline (one timer heap, not a task per
 //! timer), a datagram, or an input from a TCP connection or a TU handle.
