@@ -7,8 +7,10 @@
 //! sans-IO: they take bytes and `now` and return what to do, and the server
 //! crate owns the sockets and the clock.
 //!
-//! So far: [`sip`], the SIP message layer of the voice channel (parsing,
-//! validation, responses) with digest authentication.
+//! So far: [`sip`], the voice channel's SIP layer: parsing, validation,
+//! digest authentication, transactions, the registrar, SDP offer/answer,
+//! and the endpoint that runs them on UDP and TCP sockets
+//! ([`sip::endpoint::SipEndpoint`]).
 //!
 //! ```
 //! use ccu_channels::sip::validate::{Inbound, Policy, receive_datagram};

@@ -1370,3 +1370,45 @@ async fn registrar_loop<C: SipCredentials>(
     }
     running.abort_all();
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_config_deserializes_with_defaults_and_refuses_unknown_keys() {
+        let config: SipConfig = serde_json::from_str(
+            r#"{"t1_ms": 250, "rate_limit": {"burst": 10},
+                "registrar": {"realm": "comune.example", "algorithms": ["SHA-256", "md5"]}}"#,
+        )
+        .unwrap();
+        assert_eq!(config.t1_ms, 250);
+        assert_eq!(config.t2_ms, 4_000);
+        assert_eq!(config.rate_limit.burst, 10);
+        assert_eq!(config.rate_limit.requests_per_second, 50);
+        assert_eq!(config.registrar.realm, "comune.example");
+        assert_eq!(
+            config.registrar.algorithms,
+            [
+                crate::sip::digest::Algorithm::Sha256,
+                crate::sip::digest::Algorithm::Md5
+            ]
+        );
+        assert_eq!(config.registrar.min_expires, 60);
+        assert!(serde_json::from_str::<SipConfig>(r#"{"t1": 250}"#).is_err());
+        assert!(
+            serde_json::from_str::<SipConfig>(r#"{"registrar": {"algorithms": ["SHA-1"]}}"#)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn tags_are_16_hex_digits_and_differ() {
+        let mut tags = TagSource(42);
+        let a = tags.next();
+        let b = tags.next();
+        assert_eq!(a.len(), 16);
+        assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, b);
+    }
+}

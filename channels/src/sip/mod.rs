@@ -1,5 +1,6 @@
-//! SIP, sans-IO: messages, parsing, validation and (further down the road)
-//! transactions, for the voice channel of ccu (issue 5).
+//! SIP for the voice channel of ccu (issue 5): messages, parsing,
+//! validation, digest, transactions, the registrar and SDP, all sans-IO,
+//! and [`endpoint`], the async shell that runs them over UDP and TCP.
 //!
 //! # Where it sits
 //!
@@ -10,8 +11,8 @@
 //!                                 └ Inbound::Drop                 → counted, logged, forgotten
 //! ```
 //!
-//! Nothing here opens a socket, spawns a task or reads the clock: the
-//! async shell in the server does the IO and passes `now` in. That keeps
+//! Nothing here but [`endpoint`] opens a socket, spawns a task or reads
+//! the clock: the shell does the IO and passes `now` in. That keeps
 //! every behaviour testable byte for byte and deterministic.
 //!
 //! # Why our own SIP layer
