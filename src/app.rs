@@ -66,6 +66,9 @@ impl AppState {
 pub struct Application {
     http: TcpListener,
     http_addr: SocketAddr,
+    // e-mail channel (issue 6): the SMTP door and the outbox worker.
+    smtp_addr: SocketAddr,
+    email: crate::email::Running,
     state: AppState,
     shutdown: CancellationToken,
 }
@@ -97,13 +100,17 @@ impl Application {
             .await
             .with_context(|| format!("binding http_addr {}", settings.http_addr))?;
         let http_addr = http.local_addr()?;
+        let (smtp, smtp_addr) = crate::email::bind(settings.smtp_addr).await?;
         let router = crate::router::start(&settings, store.clone(), bus.clone(), shutdown.child_token())
             .await
             .context("starting the router")?;
         let state =
             tokio::task::spawn_blocking(move || AppState::new(settings, store, bus, router)).await??;
+        let email = crate::email::start(&state, smtp, shutdown.child_token())
+            .context("starting the e-mail channel")?;
         tracing::info!(
             %http_addr,
+            %smtp_addr,
             store = state.store.backend(),
             bus = state.bus.kind(),
             "ccu is ready"
@@ -111,6 +118,8 @@ impl Application {
         Ok(Self {
             http,
             http_addr,
+            smtp_addr,
+            email,
             state,
             shutdown,
         })
@@ -118,6 +127,10 @@ impl Application {
 
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
+    }
+
+    pub fn smtp_addr(&self) -> SocketAddr {
+        self.smtp_addr
     }
 
     pub fn state(&self) -> &AppState {
@@ -151,6 +164,10 @@ impl Application {
             }
         }
         housekeeping.abort();
+        // SMTP sessions finish their message, the outbox its attempt.
+        if tokio::time::timeout(grace, self.email.stopped()).await.is_err() {
+            tracing::warn!("grace period over; e-mail tasks still running");
+        }
         self.state.store.close().await;
         tracing::info!("ccu stopped");
         Ok(())

@@ -78,6 +78,8 @@ pub struct Settings {
     pub wrap_up_codes: BTreeMap<String, String>,
     pub schedules: BTreeMap<String, Schedule>,
     pub queues: BTreeMap<String, Queue>,
+    /// The e-mail channel (issue 6; `src/email.rs`).
+    pub email: EmailSettings,
 }
 
 fn default_redis_prefix() -> String {
@@ -492,6 +494,7 @@ impl Settings {
         for (id, queue) in &self.queues {
             self.validate_queue(id, queue)?;
         }
+        self.validate_email()?;
         Ok(())
     }
 
@@ -636,6 +639,130 @@ impl Settings {
         self.database_url
             .strip_prefix("sqlite://")
             .or_else(|| self.database_url.strip_prefix("sqlite:"))
+    }
+}
+
+// ---- e-mail channel (issue 6) ----
+
+/// The SMTP door, the mailboxes it serves and the outbox relay.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmailSettings {
+    /// Our name in the SMTP greeting, EHLO reply and `Received:` header.
+    pub hostname: String,
+    /// The right-hand side of our Message-IDs (`ccu.{outbox id}@{domain}`).
+    pub domain: String,
+    /// The sender of every mail ccu sends; also our `X-Loop:` token.
+    pub from: String,
+    #[serde(default)]
+    pub from_name: Option<String>,
+    /// Address → queue id. Mail to any other address is refused with 550.
+    pub mailboxes: BTreeMap<String, String>,
+    /// Largest message accepted (SMTP SIZE); larger ones get 552.
+    pub max_message_bytes: usize,
+    /// Attachments kept per mail; extra ones are recorded as dropped.
+    pub max_attachments: usize,
+    pub max_attachment_bytes: usize,
+    /// Messages one envelope sender may deliver per hour; more get a
+    /// temporary 451 before anything is stored.
+    pub per_sender_per_hour: u32,
+    /// The acknowledgement sent for a new conversation; `{reference}` is
+    /// replaced by the conversation's reference.
+    pub acknowledgement: String,
+    /// STARTTLS on the SMTP door (RFC 3207): both or neither.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+    pub relay: RelaySettings,
+    pub outbox: OutboxSettings,
+}
+
+/// The relay every outgoing mail goes through.
+#[derive(Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelaySettings {
+    pub host: String,
+    pub port: u16,
+    /// Require STARTTLS (RFC 3207); false only for a relay on loopback.
+    pub starttls: bool,
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Never logged: the `Debug` impl leaves it out.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Per SMTP command.
+    pub timeout_seconds: u64,
+}
+
+impl std::fmt::Debug for RelaySettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelaySettings")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("starttls", &self.starttls)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("timeout_seconds", &self.timeout_seconds)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboxSettings {
+    /// A mail still undelivered this long after it was queued is marked failed.
+    pub give_up_after_hours: u64,
+}
+
+impl Settings {
+    fn validate_email(&self) -> Result<(), ConfigError> {
+        use ccu_email::address::EmailAddress;
+        let email = &self.email;
+        for (key, value) in [
+            ("email.hostname", &email.hostname),
+            ("email.domain", &email.domain),
+            ("email.relay.host", &email.relay.host),
+        ] {
+            if value.trim().is_empty() || value.chars().any(|c| c.is_whitespace() || c == '@') {
+                return Err(ConfigError::new(key, "must be a host name"));
+            }
+        }
+        EmailAddress::parse(&email.from)
+            .map_err(|e| ConfigError::new("email.from", e.to_string()))?;
+        if email.mailboxes.is_empty() {
+            return Err(ConfigError::new("email.mailboxes", "at least one mailbox"));
+        }
+        for (address, queue_id) in &email.mailboxes {
+            let key = format!("email.mailboxes.{address:?}");
+            EmailAddress::parse(address).map_err(|e| ConfigError::new(&key, e.to_string()))?;
+            let queue = self
+                .queues
+                .get(queue_id)
+                .ok_or_else(|| ConfigError::new(&key, format!("unknown queue {queue_id:?}")))?;
+            if !queue.channels.contains(&Channel::Email) {
+                return Err(ConfigError::new(
+                    &key,
+                    format!("queue {queue_id:?} does not take the email channel"),
+                ));
+            }
+        }
+        positive("email.max_message_bytes", email.max_message_bytes as u64)?;
+        positive("email.max_attachment_bytes", email.max_attachment_bytes as u64)?;
+        positive("email.per_sender_per_hour", email.per_sender_per_hour.into())?;
+        positive("email.relay.port", email.relay.port.into())?;
+        positive("email.relay.timeout_seconds", email.relay.timeout_seconds)?;
+        positive("email.outbox.give_up_after_hours", email.outbox.give_up_after_hours)?;
+        if email.relay.password.is_some() && email.relay.username.is_none() {
+            return Err(ConfigError::new("email.relay.username", "a password needs a username"));
+        }
+        if email.tls_cert.is_some() != email.tls_key.is_some() {
+            return Err(ConfigError::new("email.tls_key", "set both tls_cert and tls_key, or neither"));
+        }
+        if !email.acknowledgement.contains("{reference}") {
+            return Err(ConfigError::new("email.acknowledgement", "must contain {reference}"));
+        }
+        Ok(())
     }
 }
 

@@ -13,6 +13,7 @@ pub mod auth;
 pub mod bus;
 pub mod cli;
 pub mod config;
+pub mod email;
 pub mod hub;
 pub mod ratelimit;
 pub mod router;

@@ -85,15 +85,19 @@ macro_rules! bind_all {
     }};
 }
 
+pub mod mail; // e-mail channel (issue 6)
+
 fn migrations(backend: &str) -> Vec<Migration> {
     let files: &[(i64, &str, &str)] = match backend {
         "sqlite" => &[
             (1, "foundation", include_str!("../../migrations/sqlite/0001_foundation.sql")),
             (2, "presence", include_str!("../../migrations/sqlite/0002_presence.sql")),
+            (3, "mail", include_str!("../../migrations/sqlite/0003_mail.sql")),
         ],
         _ => &[
             (1, "foundation", include_str!("../../migrations/postgres/0001_foundation.sql")),
             (2, "presence", include_str!("../../migrations/postgres/0002_presence.sql")),
+            (3, "mail", include_str!("../../migrations/postgres/0003_mail.sql")),
         ],
     };
     files

@@ -63,6 +63,7 @@ pub async fn test_settings(dir: &Path, overrides: &[(&str, Value)]) -> Settings 
     let mut figment = Figment::new()
         .merge(Toml::file(repo_path(DEFAULT_CONFIG_PATH)))
         .merge(Serialized::global("http_addr", "127.0.0.1:0"))
+        .merge(Serialized::global("smtp_addr", "127.0.0.1:0"))
         .merge(Serialized::global("data_dir", dir.display().to_string()))
         .merge(Serialized::global(
             "database_url",
@@ -84,6 +85,7 @@ pub async fn test_settings(dir: &Path, overrides: &[(&str, Value)]) -> Settings 
 
 pub struct TestApp {
     pub addr: SocketAddr,
+    pub smtp_addr: SocketAddr,
     pub state: AppState,
     pub client: reqwest::Client,
     pub dir: TempDir,
@@ -118,6 +120,7 @@ async fn start(dir: TempDir, settings: Settings, admin_token: String) -> TestApp
         .await
         .expect("the app starts");
     let addr = app.http_addr();
+    let smtp_addr = app.smtp_addr();
     let state = app.state().clone();
     let server = tokio::spawn(app.run());
     let client = reqwest::Client::builder()
@@ -126,6 +129,7 @@ async fn start(dir: TempDir, settings: Settings, admin_token: String) -> TestApp
         .unwrap();
     TestApp {
         addr,
+        smtp_addr,
         state,
         client,
         dir,

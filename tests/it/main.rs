@@ -8,6 +8,7 @@ mod api;
 mod auth;
 mod authz;
 mod bus;
+mod email;
 mod helpers;
 mod process;
 mod routing;

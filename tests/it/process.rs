@@ -29,6 +29,7 @@ fn command(dir: &Path, database_url: &str) -> Command {
     cmd.arg("--config")
         .arg(repo_path("config/default.toml"))
         .env("CCU_HTTP_ADDR", "127.0.0.1:0")
+        .env("CCU_SMTP_ADDR", "127.0.0.1:0")
         .env("CCU_DATA_DIR", dir)
         .env("CCU_DATABASE_URL", database_url)
         .env("CCU_LOG_FORMAT", "json")

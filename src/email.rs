@@ -1,0 +1,816 @@
+//! The e-mail channel in the server (issue 6): the storage side of the SMTP
+//! door and the outbox worker. The protocol, parsing, noise and threading
+//! logic is the `ccu-email` crate's; this module joins it to the store and
+//! the hub.
+//!
+//! ```text
+//! SMTP DATA ─▶ EmailChannel::accept ── rate limit (451, nothing stored)
+//!                │ parse (pure) ─▶ INSERT mail_inbound (raw)   ◀─ durable: only now 250
+//!                └ process: thread ─▶ hub (new conversation | message) ─▶ attachments
+//!                           ─▶ acknowledgement into the outbox (never for noise)
+//! outbox worker: try_send_next ─▶ claim (sending, attempt n) ─▶ relay ─▶ sent | retry | failed
+//! ```
+//!
+//! **Inbound durability.** The raw message is committed before `accept`
+//! returns, so the client sees 250 only for mail we hold (RFC 5321 §6.1).
+//! Turning it into a conversation happens right after, in the same call;
+//! if that fails or the process dies in between, the row keeps
+//! `processed_at = NULL` and [`EmailChannel::process_unprocessed`] (run when
+//! the worker starts) finishes the job. Every step of processing is
+//! idempotent: the conversation id is written on the row as soon as it
+//! exists, the message has a client id `mail:{row id}`, the acknowledgement
+//! a dedupe key `ack:{row id}`, attachments are replaced.
+//!
+//! **Rate limit.** Over `per_sender_per_hour`, the message is refused with
+//! a temporary 451 *before* it is stored: the sender's server keeps it and
+//! retries later (RFC 5321 §4.2.5), which loses nothing and does not fill
+//! the store; accepting then dropping would lose mail we answered 250 to.
+//! The check can only happen after DATA because the SMTP crate's recipient
+//! hook does not see the sender.
+//!
+//! **Outbox: at-least-once, duplicates recognisable.** A mail is claimed
+//! (`sending`, attempt recorded) and committed before the relay sees it,
+//! and marked `sent` after the relay's 250. A mail marked `sent` is never
+//! sent again. If the process dies between the relay's 250 and that mark,
+//! the claim's lease runs out and the mail is sent once more, with the same
+//! Message-ID (`ccu.{outbox id}@{domain}`), so the citizen's client shows
+//! one message; the interrupted attempt is recorded as such. The opposite
+//! choice (at-most-once: never retry an interrupted attempt) would lose an
+//! operator's answer to a crash, which a public office must not do.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::Context;
+use ccu_email::address::EmailAddress;
+use ccu_email::inbound::{InboundMail, ParseLimits, parse_inbound};
+use ccu_email::noise::{NoiseReason, classify};
+use ccu_email::outbound::{
+    self, Outcome, OutgoingMail, RelayConfig, RelaySecurity, build_mail, references_for,
+    relay_transport, retry_delay, subject_with_reference,
+};
+use ccu_email::smtp::{
+    AcceptedId, Envelope, MailSink, MailboxRoute, RecipientRouter, SinkError, SmtpConfig,
+};
+use ccu_email::threading::{ReferenceToken, Thread, ThreadLookup, thread};
+use lettre::{AsyncSmtpTransport, Tokio1Executor};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::AppState;
+use crate::config::{Channel, EmailSettings};
+use crate::hub::{Arrival, Hub, HubError};
+use crate::ratelimit::{RateLimiter, Verdict};
+use crate::store::mail::{AttemptResult, MailKind, NewInboundMail, NewOutboxMail, OutboxMail};
+use crate::store::{Direction, Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EmailError {
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("hub: {0}")]
+    Hub(#[from] HubError),
+    #[error("sender {sender} is over its hourly limit; retry in {retry_after:?}")]
+    RateLimited {
+        sender: String,
+        retry_after: Duration,
+    },
+    #[error("a transaction without recipients reached the sink")]
+    NoRecipient,
+    #[error("invalid recipient address {0:?}")]
+    Recipient(String),
+}
+
+/// What one step of the outbox worker did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutboxStep {
+    /// Nothing due.
+    Idle,
+    /// The relay took the mail.
+    Sent { outbox_id: i64 },
+    /// A transient failure: tried again at `next_attempt_at` (Unix ms).
+    Retry {
+        outbox_id: i64,
+        next_attempt_at: i64,
+    },
+    /// A permanent failure, or transient ones for longer than
+    /// `email.outbox.give_up_after_hours`: an operator must look at it.
+    Failed { outbox_id: i64, reason: String },
+}
+
+/// A mail other parts of ccu send (operator replies, transcripts, web-form
+/// acknowledgements, surveys): see [`EmailChannel::enqueue_mail`].
+#[derive(Debug, Clone)]
+pub struct MailToSend {
+    pub conversation_id: Option<i64>,
+    pub to: EmailAddress,
+    pub to_name: Option<String>,
+    pub subject: String,
+    /// Put as `[URP-2026-000123]` in the subject (once), so a reply threads
+    /// even from a client that drops the headers.
+    pub reference: Option<String>,
+    pub body: String,
+    /// The citizen's Message-ID this answers, without angle brackets, and
+    /// the chain before it: In-Reply-To and References (RFC 5322 §3.6.4).
+    pub in_reply_to: Option<String>,
+    pub references: Vec<String>,
+    pub kind: MailKind,
+    /// `Auto-Submitted: auto-replied` (RFC 3834 §5).
+    pub automatic: bool,
+    /// Enqueue at most once per key.
+    pub dedupe_key: Option<String>,
+}
+
+/// The e-mail channel: [`MailSink`] for the SMTP door, the outbox and its
+/// worker step. Cheap to share (`Arc`).
+pub struct EmailChannel {
+    store: Store,
+    hub: Hub,
+    settings: EmailSettings,
+    /// Mailbox (lower case) → route.
+    mailboxes: HashMap<String, MailboxRoute>,
+    /// Queue → conversation language (the queue's first language).
+    languages: HashMap<String, String>,
+    limits: ParseLimits,
+    per_sender: RateLimiter,
+    from: EmailAddress,
+    /// Our `X-Loop:` value (RFC 3834 §2 leaves the mechanism open).
+    loop_token: String,
+    transport: AsyncSmtpTransport<Tokio1Executor>,
+    lease: Duration,
+    give_up_after: Duration,
+    /// Wakes the worker when a mail is enqueued.
+    wake: Notify,
+}
+
+impl EmailChannel {
+    pub fn new(state: &AppState) -> anyhow::Result<Self> {
+        let settings = state.settings.email.clone();
+        let mut mailboxes = HashMap::new();
+        for (address, queue) in &settings.mailboxes {
+            let mailbox = EmailAddress::parse(address)
+                .with_context(|| format!("email.mailboxes.{address:?}"))?;
+            mailboxes.insert(
+                address.to_lowercase(),
+                MailboxRoute::to_queue(mailbox, queue.as_str()),
+            );
+        }
+        let languages = state
+            .settings
+            .queues
+            .iter()
+            .map(|(id, q)| {
+                let language = q.languages.first().cloned().unwrap_or_else(|| "it".into());
+                (id.clone(), language)
+            })
+            .collect();
+        let from = EmailAddress::parse(&settings.from).context("email.from")?;
+        let relay = &settings.relay;
+        let timeout = Duration::from_secs(relay.timeout_seconds);
+        let transport = relay_transport(&RelayConfig {
+            host: relay.host.clone(),
+            port: relay.port,
+            security: if relay.starttls {
+                RelaySecurity::StartTls
+            } else {
+                RelaySecurity::None
+            },
+            credentials: relay
+                .username
+                .clone()
+                .map(|user| (user, relay.password.clone().unwrap_or_default())),
+            timeout,
+        })
+        .context("email.relay")?;
+        Ok(Self {
+            store: state.store.clone(),
+            hub: state.hub.clone(),
+            limits: ParseLimits {
+                max_attachments: settings.max_attachments,
+                max_attachment_size: settings.max_attachment_bytes,
+                max_total_attachment_size: settings.max_message_bytes,
+                ..ParseLimits::default()
+            },
+            per_sender: RateLimiter::new(settings.per_sender_per_hour, Duration::from_secs(3600)),
+            loop_token: from.as_str().to_ascii_lowercase(),
+            from,
+            transport,
+            // A send is about ten SMTP commands, each bounded by the timeout.
+            lease: timeout * 10 + Duration::from_secs(60),
+            give_up_after: Duration::from_secs(settings.outbox.give_up_after_hours * 3600),
+            wake: Notify::new(),
+            mailboxes,
+            languages,
+            settings,
+        })
+    }
+
+    /// The listener's settings from `email.*`.
+    pub fn smtp_config(&self) -> anyhow::Result<SmtpConfig> {
+        let mut config = SmtpConfig::new(self.settings.hostname.clone());
+        config.max_message_size = self.settings.max_message_bytes;
+        if let (Some(cert), Some(key)) = (&self.settings.tls_cert, &self.settings.tls_key) {
+            let cert = std::fs::read(cert)
+                .with_context(|| format!("email.tls_cert: reading {}", cert.display()))?;
+            let key = std::fs::read(key)
+                .with_context(|| format!("email.tls_key: reading {}", key.display()))?;
+            config.tls = Some(
+                ccu_email::smtp::tls_acceptor_from_pem(&cert, &key).context("email.tls_cert")?,
+            );
+        }
+        Ok(config)
+    }
+
+    // ---- inbound ----
+
+    async fn store_and_process(
+        &self,
+        envelope: &Envelope,
+        raw: Vec<u8>,
+    ) -> Result<(i64, bool), EmailError> {
+        let route = envelope
+            .recipients
+            .first()
+            .map(|r| r.route.clone())
+            .ok_or(EmailError::NoRecipient)?;
+        let sender = envelope.mail_from.as_ref().map(|a| a.as_str().to_owned());
+        let key = sender
+            .as_deref()
+            .map(str::to_lowercase)
+            .unwrap_or_else(|| format!("<>@{}", envelope.peer.ip()));
+        if let Verdict::Limited { retry_after } = self.per_sender.check(&key, Instant::now()) {
+            return Err(EmailError::RateLimited {
+                sender: key,
+                retry_after,
+            });
+        }
+        // Parsing is pure and total; a large message is parsed off the
+        // async threads.
+        let (mail, raw) = if raw.len() > 256 * 1024 {
+            let limits = self.limits;
+            tokio::task::spawn_blocking(move || (parse_inbound(&raw, &limits), raw))
+                .await
+                .map_err(|e| EmailError::Store(StoreError::Corrupt(e.to_string())))?
+        } else {
+            (parse_inbound(&raw, &self.limits), raw)
+        };
+        let noise = classify(&mail, sender.is_none(), Some(&self.loop_token));
+        let recipients = serde_json::to_string(
+            &envelope
+                .recipients
+                .iter()
+                .map(|r| r.address.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .unwrap_or_else(|_| "[]".into());
+        let noise_name = noise.map(noise_name);
+        let stored = self
+            .store
+            .insert_inbound_mail(&NewInboundMail {
+                envelope_id: &envelope.id,
+                mail_from: sender.as_deref().unwrap_or(""),
+                recipients: &recipients,
+                mailbox: route.mailbox.as_str(),
+                queue_id: &route.queue,
+                helo: &envelope.helo,
+                peer: &envelope.peer.to_string(),
+                tls: envelope.tls,
+                message_id: mail.message_id.as_deref(),
+                from_address: mail.from.as_ref().map(|f| f.address.as_str()),
+                from_name: mail.from.as_ref().and_then(|f| f.name.as_deref()),
+                subject: &mail.subject,
+                noise: noise_name,
+                malformed: mail.malformed,
+                raw: &raw,
+                received_at: envelope.received_at.saturating_mul(1000),
+            })
+            .await?;
+        // Durable from here: whatever happens next, the 250 is deserved.
+        if stored.duplicate {
+            tracing::info!(mail = stored.id, envelope = %envelope.id, "a retried delivery of a stored mail");
+        }
+        if !stored.processed
+            && let Err(err) = self
+                .process(
+                    stored.id,
+                    stored.conversation_id,
+                    &route.queue,
+                    sender.is_none(),
+                    &mail,
+                    noise,
+                )
+                .await
+        {
+            tracing::warn!(mail = stored.id, %err, "stored mail not processed yet; retried at the next start");
+        }
+        Ok((stored.id, stored.duplicate))
+    }
+
+    /// Turns a stored mail into a conversation message. Idempotent (see the
+    /// module docs), so a crash anywhere in here is repaired by running it again.
+    async fn process(
+        &self,
+        inbound_id: i64,
+        known_conversation: Option<i64>,
+        queue_id: &str,
+        null_sender: bool,
+        mail: &InboundMail,
+        noise: Option<NoiseReason>,
+    ) -> Result<(), EmailError> {
+        let now = crate::now_ms();
+        // Only a conversation this mail opened is written on its row before
+        // processing ends, so a known one means "opened by this mail".
+        let (conversation, opened) = match known_conversation {
+            Some(c) => (Some(c), true),
+            None => match self.thread(mail).await? {
+                Thread::ByHeader { conversation, .. } | Thread::BySubject { conversation, .. } => {
+                    (Some(conversation), false)
+                }
+                // Bounces, auto-replies and list mail that answer nothing of
+                // ours are kept (mail_inbound) but do not become work for
+                // an operator.
+                Thread::New if noise.is_some() => (None, false),
+                Thread::New => {
+                    let citizen = mail
+                        .from
+                        .as_ref()
+                        .or(mail.reply_to.as_ref())
+                        .map(|f| (f.address.as_str(), f.name.as_deref()));
+                    let contact_id = match citizen {
+                        Some((address, name)) => {
+                            Some(self.store.contact_by_email(address, name, now).await?)
+                        }
+                        None => None,
+                    };
+                    let language = self
+                        .languages
+                        .get(queue_id)
+                        .cloned()
+                        .unwrap_or_else(|| "it".into());
+                    let subject = Some(mail.subject.clone()).filter(|s| !s.trim().is_empty());
+                    let conversation = self
+                        .hub
+                        .open_conversation(Arrival {
+                            queue_id: queue_id.to_owned(),
+                            channel: Channel::Email,
+                            language,
+                            subject,
+                            contact_id,
+                        })
+                        .await?;
+                    self.store
+                        .set_inbound_conversation(inbound_id, conversation.id)
+                        .await?;
+                    (Some(conversation.id), true)
+                }
+            },
+        };
+        if let Some(conversation) = conversation {
+            let client_id = format!("mail:{inbound_id}");
+            self.hub
+                .add_message(
+                    conversation,
+                    Direction::Inbound,
+                    None,
+                    &mail.text,
+                    Some(&client_id),
+                )
+                .await?;
+            if !mail.attachments.is_empty() {
+                self.store
+                    .store_attachments(inbound_id, Some(conversation), &mail.attachments)
+                    .await?;
+            }
+            // A new conversation from a person gets its reference at once.
+            // Never for noise, never without an address (RFC 3834 §2, §3.1).
+            if opened && noise.is_none() && !null_sender {
+                self.acknowledge(inbound_id, conversation, mail).await?;
+            }
+        } else if !mail.attachments.is_empty() {
+            self.store
+                .store_attachments(inbound_id, None, &mail.attachments)
+                .await?;
+        }
+        self.store
+            .finish_inbound_mail(inbound_id, conversation, now)
+            .await?;
+        Ok(())
+    }
+
+    /// Queues the acknowledgement of a new conversation (once per mail).
+    async fn acknowledge(
+        &self,
+        inbound_id: i64,
+        conversation_id: i64,
+        mail: &InboundMail,
+    ) -> Result<(), EmailError> {
+        // RFC 3834 §4: answer the Reply-To when there is one, else From.
+        let Some(to) = mail.reply_to.as_ref().or(mail.from.as_ref()) else {
+            return Ok(());
+        };
+        let Some(detail) = self
+            .store
+            .get_conversation(&crate::store::Scope::All, conversation_id)
+            .await?
+        else {
+            return Ok(());
+        };
+        let reference = detail.conversation.reference;
+        let subject = if mail.subject.trim().is_empty() {
+            "Richiesta ricevuta".to_owned()
+        } else if mail.subject.to_lowercase().starts_with("re:") {
+            mail.subject.clone()
+        } else {
+            format!("Re: {}", mail.subject)
+        };
+        self.enqueue_mail(&MailToSend {
+            conversation_id: Some(conversation_id),
+            to: to.address.clone(),
+            to_name: to.name.clone(),
+            subject,
+            body: self
+                .settings
+                .acknowledgement
+                .replace("{reference}", &reference),
+            reference: Some(reference),
+            in_reply_to: mail.message_id.clone(),
+            references: {
+                // references_for ends with the parent's id, which goes in
+                // In-Reply-To too; the outbox keeps the chain before it.
+                let mut chain = references_for(mail);
+                if mail.message_id.is_some() {
+                    chain.pop();
+                }
+                chain
+            },
+            kind: MailKind::Acknowledgement,
+            automatic: true,
+            dedupe_key: Some(format!("ack:{inbound_id}")),
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// The threading decision, with what the store knows fetched first
+    /// (the crate's [`ThreadLookup`] is synchronous and pure).
+    async fn thread(&self, mail: &InboundMail) -> Result<Thread, StoreError> {
+        let ids: Vec<String> = mail
+            .in_reply_to
+            .iter()
+            .chain(mail.references.iter().rev())
+            .take(100)
+            .cloned()
+            .collect();
+        let tokens: Vec<String> = ReferenceToken::find_in_subject(&mail.subject)
+            .iter()
+            .take(10)
+            .map(ToString::to_string)
+            .collect();
+        let lookup = Known {
+            message_ids: self
+                .store
+                .conversations_by_message_ids(&ids)
+                .await?
+                .into_iter()
+                .collect(),
+            references: self
+                .store
+                .conversations_by_references(&tokens)
+                .await?
+                .into_iter()
+                .collect(),
+        };
+        Ok(thread(mail, &lookup))
+    }
+
+    /// Finishes mail stored but not processed (a crash or a store error
+    /// after the 250). Returns how many were processed.
+    pub async fn process_unprocessed(&self) -> Result<usize, EmailError> {
+        let mut done = 0;
+        loop {
+            let rows = self.store.unprocessed_inbound_mail(100).await?;
+            if rows.is_empty() {
+                return Ok(done);
+            }
+            let count = rows.len();
+            let mut progressed = false;
+            for row in rows {
+                let mail = parse_inbound(&row.raw, &self.limits);
+                let null_sender = row.mail_from.is_empty();
+                let noise = classify(&mail, null_sender, Some(&self.loop_token));
+                match self
+                    .process(
+                        row.id,
+                        row.conversation_id,
+                        &row.queue_id,
+                        null_sender,
+                        &mail,
+                        noise,
+                    )
+                    .await
+                {
+                    Ok(()) => {
+                        done += 1;
+                        progressed = true;
+                    }
+                    Err(err) => {
+                        tracing::warn!(mail = row.id, %err, "processing a stored mail failed")
+                    }
+                }
+            }
+            if !progressed || count < 100 {
+                return Ok(done);
+            }
+        }
+    }
+
+    // ---- outbound ----
+
+    /// Stores a mail in the outbox (durable when this returns) and wakes
+    /// the worker. Its Message-ID is fixed now; when it belongs to a
+    /// conversation, a reply to it threads there.
+    pub async fn enqueue_mail(&self, mail: &MailToSend) -> Result<OutboxMail, StoreError> {
+        let reference = mail.reference.as_deref().and_then(ReferenceToken::parse);
+        let stored = self
+            .store
+            .enqueue_mail(
+                &NewOutboxMail {
+                    conversation_id: mail.conversation_id,
+                    to_address: mail.to.as_str().to_owned(),
+                    to_name: mail.to_name.clone(),
+                    subject: subject_with_reference(&mail.subject, reference.as_ref()),
+                    body: mail.body.clone(),
+                    in_reply_to: mail.in_reply_to.clone(),
+                    references: mail.references.clone(),
+                    kind: mail.kind,
+                    automatic: mail.automatic,
+                    dedupe_key: mail.dedupe_key.clone(),
+                },
+                &self.settings.domain,
+                crate::now_ms(),
+            )
+            .await?;
+        self.wake.notify_one();
+        Ok(stored)
+    }
+
+    /// One step of the outbox worker (STYLE rule 13): claims the next mail
+    /// due at `now` (Unix ms), tries the relay once, records the attempt.
+    /// Tests drive it with a `now` of their choosing.
+    pub async fn try_send_next(&self, now: i64) -> Result<OutboxStep, StoreError> {
+        let lease_until = now.saturating_add(duration_ms(self.lease));
+        let Some(mail) = self.store.claim_outbox_mail(now, lease_until).await? else {
+            return Ok(OutboxStep::Idle);
+        };
+        let attempt = mail.attempts;
+        let outcome = match self.build(&mail) {
+            Ok(message) => outbound::try_send(&self.transport, message).await,
+            Err(reason) => Outcome::Permanent { reason },
+        };
+        let finished = crate::now_ms().max(now);
+        let (result, step) = match outcome {
+            Outcome::Sent { response } => (
+                AttemptResult::Sent { detail: response },
+                OutboxStep::Sent { outbox_id: mail.id },
+            ),
+            Outcome::Permanent { reason } => (
+                AttemptResult::Failed {
+                    detail: reason.clone(),
+                    permanent: true,
+                },
+                OutboxStep::Failed {
+                    outbox_id: mail.id,
+                    reason,
+                },
+            ),
+            Outcome::Transient { reason } => {
+                let attempt_no = u32::try_from(attempt).unwrap_or(u32::MAX);
+                let deadline = mail
+                    .created_at
+                    .saturating_add(duration_ms(self.give_up_after));
+                let next = retry_delay(attempt_no, u32::MAX)
+                    .map(|d| now.saturating_add(duration_ms(d)))
+                    .filter(|at| *at <= deadline);
+                match next {
+                    Some(next_attempt_at) => (
+                        AttemptResult::Retry {
+                            detail: reason,
+                            next_attempt_at,
+                        },
+                        OutboxStep::Retry {
+                            outbox_id: mail.id,
+                            next_attempt_at,
+                        },
+                    ),
+                    None => {
+                        let reason = format!("gave up after {attempt} attempts: {reason}");
+                        (
+                            AttemptResult::Failed {
+                                detail: reason.clone(),
+                                permanent: false,
+                            },
+                            OutboxStep::Failed {
+                                outbox_id: mail.id,
+                                reason,
+                            },
+                        )
+                    }
+                }
+            }
+        };
+        self.store
+            .finish_outbox_attempt(mail.id, attempt, &result, finished)
+            .await?;
+        match &step {
+            OutboxStep::Failed { reason, .. } => {
+                tracing::warn!(outbox = mail.id, attempt, %reason, "outgoing mail failed")
+            }
+            OutboxStep::Retry {
+                next_attempt_at, ..
+            } => {
+                tracing::info!(
+                    outbox = mail.id,
+                    attempt,
+                    next_attempt_at,
+                    "relay unavailable; will retry"
+                )
+            }
+            _ => tracing::debug!(outbox = mail.id, attempt, "outgoing mail sent"),
+        }
+        Ok(step)
+    }
+
+    fn build(&self, mail: &OutboxMail) -> Result<lettre::Message, String> {
+        let to = EmailAddress::parse(&mail.to_address).map_err(|e| e.to_string())?;
+        // The builder derives In-Reply-To and References from the parent
+        // mail: rebuild that parent from what the outbox kept.
+        let parent = mail.in_reply_to.as_ref().map(|id| InboundMail {
+            message_id: Some(id.clone()),
+            references: mail
+                .reference_ids
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect(),
+            ..InboundMail::default()
+        });
+        // The Message-ID's domain is the one fixed at enqueue time.
+        let domain = mail
+            .message_id
+            .rsplit_once('@')
+            .map(|(_, d)| d)
+            .unwrap_or(&self.settings.domain);
+        build_mail(
+            &OutgoingMail {
+                outbox_id: mail.id,
+                from: &self.from,
+                from_name: self.settings.from_name.as_deref(),
+                to: &to,
+                to_name: mail.to_name.as_deref(),
+                subject: &mail.subject,
+                reference: None,
+                body: &mail.body,
+                automatic: mail.auto,
+                replying_to: parent.as_ref(),
+                loop_token: Some(&self.loop_token),
+            },
+            domain,
+            SystemTime::now(),
+        )
+        .map_err(|e| e.to_string())
+    }
+
+    /// The worker loop: processes mail left over from a crash, then sends
+    /// what is due, sleeping until the next due time or an enqueue. On
+    /// shutdown it finishes the attempt in progress, then returns.
+    pub async fn run_outbox(self: Arc<Self>, shutdown: CancellationToken) {
+        match self.process_unprocessed().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(mails = n, "processed mail stored before a restart"),
+            Err(err) => tracing::warn!(%err, "processing stored mail failed"),
+        }
+        loop {
+            if shutdown.is_cancelled() {
+                return;
+            }
+            let wait = match self.try_send_next(crate::now_ms()).await {
+                Ok(OutboxStep::Idle) => match self.store.next_outbox_due().await {
+                    // Capped so mail enqueued by another node is seen.
+                    Ok(Some(at)) => Duration::from_millis(
+                        u64::try_from(at.saturating_sub(crate::now_ms())).unwrap_or(0),
+                    )
+                    .min(Duration::from_secs(30)),
+                    Ok(None) => Duration::from_secs(30),
+                    Err(err) => {
+                        tracing::warn!(%err, "outbox: reading the next due time failed");
+                        Duration::from_secs(5)
+                    }
+                },
+                Ok(_) => continue,
+                Err(err) => {
+                    tracing::warn!(%err, "outbox step failed");
+                    Duration::from_secs(5)
+                }
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+}
+
+impl RecipientRouter for EmailChannel {
+    fn route_recipient(&self, address: &EmailAddress) -> Option<MailboxRoute> {
+        self.mailboxes
+            .get(&address.as_str().to_lowercase())
+            .cloned()
+    }
+}
+
+impl MailSink for EmailChannel {
+    async fn accept(&self, envelope: Envelope, raw: Vec<u8>) -> Result<AcceptedId, SinkError> {
+        match self.store_and_process(&envelope, raw).await {
+            Ok((id, _)) => Ok(AcceptedId(format!("{} (mail {id})", envelope.id))),
+            // A temporary refusal: the sender's server keeps the message.
+            Err(err) => Err(SinkError::Storage(Box::new(err))),
+        }
+    }
+}
+
+/// The e-mail tasks of a running server.
+pub struct Running {
+    smtp: JoinHandle<()>,
+    outbox: JoinHandle<()>,
+}
+
+impl Running {
+    /// Waits for the SMTP sessions to end and the outbox worker to finish
+    /// its attempt in progress (both were told by the shutdown token).
+    pub async fn stopped(self) {
+        let _ = self.smtp.await;
+        let _ = self.outbox.await;
+    }
+}
+
+/// Starts the SMTP door on `listener` and the outbox worker.
+pub fn start(
+    state: &AppState,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Running> {
+    let channel = Arc::new(EmailChannel::new(state)?);
+    let config = channel.smtp_config()?;
+    let smtp = tokio::spawn(ccu_email::smtp::serve(
+        listener,
+        config,
+        channel.clone(),
+        shutdown.child_token(),
+    ));
+    let outbox = tokio::spawn(channel.run_outbox(shutdown.child_token()));
+    Ok(Running { smtp, outbox })
+}
+
+/// Binds the SMTP listener (`smtp_addr`).
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<(TcpListener, SocketAddr)> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding smtp_addr {addr}"))?;
+    let bound = listener.local_addr()?;
+    Ok((listener, bound))
+}
+
+struct Known {
+    message_ids: HashMap<String, i64>,
+    references: HashMap<String, i64>,
+}
+
+impl ThreadLookup for Known {
+    fn conversation_by_message_id(&self, message_id: &str) -> Option<i64> {
+        self.message_ids.get(message_id).copied()
+    }
+    fn conversation_by_reference(&self, token: &ReferenceToken) -> Option<i64> {
+        self.references.get(&token.to_string()).copied()
+    }
+}
+
+fn noise_name(reason: NoiseReason) -> &'static str {
+    match reason {
+        NoiseReason::NullSender => "null_sender",
+        NoiseReason::Bounce => "bounce",
+        NoiseReason::Report => "report",
+        NoiseReason::AutoSubmitted => "auto_submitted",
+        NoiseReason::AutoReplyHeader => "auto_reply_header",
+        NoiseReason::Precedence => "precedence",
+        NoiseReason::MailingList => "mailing_list",
+        NoiseReason::OwnLoop => "own_loop",
+    }
+}
+
+fn duration_ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}

@@ -1,0 +1,523 @@
+//! The e-mail channel's tables (migration `0003_mail`): inbound mail kept
+//! raw, attachments, the Message-IDs of the mail we sent, and the outbox
+//! with one row per delivery attempt. The channel logic is in
+//! `crate::email`; this file is only storage, on both backends.
+
+use serde::Serialize;
+use sqlx::FromRow;
+
+use super::{Db, Result, Store, StoreError};
+
+/// What the SMTP door knows about a message it is about to answer 250 to.
+#[derive(Debug, Clone)]
+pub struct NewInboundMail<'a> {
+    pub envelope_id: &'a str,
+    /// `""` for the null reverse-path `<>`.
+    pub mail_from: &'a str,
+    /// JSON array of the accepted recipients.
+    pub recipients: &'a str,
+    pub mailbox: &'a str,
+    pub queue_id: &'a str,
+    pub helo: &'a str,
+    pub peer: &'a str,
+    pub tls: bool,
+    pub message_id: Option<&'a str>,
+    pub from_address: Option<&'a str>,
+    pub from_name: Option<&'a str>,
+    pub subject: &'a str,
+    pub noise: Option<&'a str>,
+    pub malformed: bool,
+    pub raw: &'a [u8],
+    pub received_at: i64,
+}
+
+/// The row an inbound mail got, possibly on an earlier delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredInbound {
+    pub id: i64,
+    pub conversation_id: Option<i64>,
+    pub processed: bool,
+    /// The same Message-ID from the same sender was already stored: the
+    /// sender retried a message it did not see our 250 for.
+    pub duplicate: bool,
+}
+
+/// An inbound mail as stored, for processing again after a crash and for
+/// tests and the console.
+#[derive(Debug, Clone, PartialEq, Eq, FromRow, Serialize)]
+pub struct InboundMailRow {
+    pub id: i64,
+    pub envelope_id: String,
+    pub mail_from: String,
+    pub mailbox: String,
+    pub queue_id: String,
+    pub message_id: Option<String>,
+    pub from_address: Option<String>,
+    pub subject: String,
+    pub noise: Option<String>,
+    pub malformed: bool,
+    pub size: i64,
+    #[serde(skip)]
+    pub raw: Vec<u8>,
+    pub conversation_id: Option<i64>,
+    pub received_at: i64,
+    pub processed_at: Option<i64>,
+}
+
+const INBOUND_COLUMNS: &str = "id, envelope_id, mail_from, mailbox, queue_id, message_id, from_address, subject, \
+     noise, malformed, size, raw, conversation_id, received_at, processed_at";
+
+/// What kind of mail the outbox holds (reports count them apart).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MailKind {
+    /// An operator's answer.
+    Reply,
+    /// "We received your request, reference ...": for mail and web forms.
+    Acknowledgement,
+    /// A chat transcript the citizen asked for.
+    Transcript,
+    /// A satisfaction survey.
+    Survey,
+}
+
+impl MailKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MailKind::Reply => "reply",
+            MailKind::Acknowledgement => "acknowledgement",
+            MailKind::Transcript => "transcript",
+            MailKind::Survey => "survey",
+        }
+    }
+}
+
+/// A mail to put in the outbox.
+#[derive(Debug, Clone)]
+pub struct NewOutboxMail {
+    pub conversation_id: Option<i64>,
+    pub to_address: String,
+    pub to_name: Option<String>,
+    /// The final subject (reference token included).
+    pub subject: String,
+    pub body: String,
+    /// The Message-ID this answers, without angle brackets.
+    pub in_reply_to: Option<String>,
+    /// The `References:` chain, oldest first, without angle brackets.
+    pub references: Vec<String>,
+    pub kind: MailKind,
+    /// Sent by ccu on its own: `Auto-Submitted: auto-replied` (RFC 3834 §5).
+    pub automatic: bool,
+    /// The caller's idempotency key: a second enqueue with the same key
+    /// returns the first mail instead of queueing another.
+    pub dedupe_key: Option<String>,
+}
+
+/// A row of the outbox.
+#[derive(Debug, Clone, PartialEq, Eq, FromRow, Serialize)]
+pub struct OutboxMail {
+    pub id: i64,
+    pub conversation_id: Option<i64>,
+    /// `ccu.{id}@{domain}`, fixed before the first attempt.
+    pub message_id: String,
+    pub to_address: String,
+    pub to_name: Option<String>,
+    pub subject: String,
+    pub body: String,
+    pub in_reply_to: Option<String>,
+    /// Space-separated.
+    pub reference_ids: String,
+    /// `reply`, `acknowledgement`, `transcript` or `survey`.
+    pub kind: String,
+    pub auto: bool,
+    /// `pending`, `sending`, `sent` or `failed`.
+    pub state: String,
+    pub attempts: i64,
+    pub next_attempt_at: i64,
+    pub last_error: Option<String>,
+    pub created_at: i64,
+    pub sent_at: Option<i64>,
+}
+
+const OUTBOX_COLUMNS: &str = "id, conversation_id, message_id, to_address, to_name, subject, body, in_reply_to, \
+     reference_ids, kind, auto, state, attempts, next_attempt_at, last_error, created_at, sent_at";
+
+/// One delivery attempt.
+#[derive(Debug, Clone, PartialEq, Eq, FromRow, Serialize)]
+pub struct OutboxAttempt {
+    pub attempt: i64,
+    pub started_at: i64,
+    pub finished_at: Option<i64>,
+    /// `sent`, `transient`, `permanent`, `interrupted`; `None` while running.
+    pub outcome: Option<String>,
+    pub detail: Option<String>,
+}
+
+/// How an attempt ended, as the worker records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttemptResult {
+    Sent {
+        detail: String,
+    },
+    /// Try again at `next_attempt_at`.
+    Retry {
+        detail: String,
+        next_attempt_at: i64,
+    },
+    /// Permanent failure, or transient ones past the give-up time.
+    Failed {
+        detail: String,
+        permanent: bool,
+    },
+}
+
+impl Store {
+    // ---- inbound ----
+
+    /// Stores an inbound mail, committed when this returns (the SMTP door
+    /// answers 250 only then). A retried delivery of the same Message-ID
+    /// from the same sender returns the first row.
+    pub async fn insert_inbound_mail(&self, mail: &NewInboundMail<'_>) -> Result<StoredInbound> {
+        let insert = "INSERT INTO mail_inbound (envelope_id, mail_from, recipients, mailbox, queue_id, helo, peer, tls, \
+                      message_id, from_address, from_name, subject, noise, malformed, size, raw, received_at) \
+                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) \
+                      ON CONFLICT (message_id, mail_from) DO NOTHING RETURNING id";
+        let existing = "SELECT id, conversation_id, processed_at FROM mail_inbound \
+                        WHERE message_id = $1 AND mail_from = $2";
+        let size = i64::try_from(mail.raw.len()).unwrap_or(i64::MAX);
+        let stored = with_pool!(self, pool => {
+            let id: Option<i64> = sqlx::query_scalar(insert)
+                .bind(mail.envelope_id).bind(mail.mail_from).bind(mail.recipients).bind(mail.mailbox)
+                .bind(mail.queue_id).bind(mail.helo).bind(mail.peer).bind(mail.tls).bind(mail.message_id)
+                .bind(mail.from_address).bind(mail.from_name).bind(mail.subject).bind(mail.noise)
+                .bind(mail.malformed).bind(size).bind(mail.raw).bind(mail.received_at)
+                .fetch_optional(pool).await?;
+            match id {
+                Some(id) => StoredInbound { id, conversation_id: None, processed: false, duplicate: false },
+                None => {
+                    let (id, conversation_id, processed_at): (i64, Option<i64>, Option<i64>) =
+                        sqlx::query_as(existing).bind(mail.message_id).bind(mail.mail_from)
+                            .fetch_one(pool).await?;
+                    StoredInbound { id, conversation_id, processed: processed_at.is_some(), duplicate: true }
+                }
+            }
+        });
+        Ok(stored)
+    }
+
+    /// Links an inbound mail to the conversation it opened, as soon as it
+    /// exists: processing it again after a crash reuses that conversation.
+    pub async fn set_inbound_conversation(&self, id: i64, conversation_id: i64) -> Result<()> {
+        let sql = "UPDATE mail_inbound SET conversation_id = $1 WHERE id = $2";
+        with_pool!(self, pool => { sqlx::query(sql).bind(conversation_id).bind(id).execute(pool).await?; });
+        Ok(())
+    }
+
+    /// Marks an inbound mail processed: a message of `conversation_id` now,
+    /// or noise kept without one.
+    pub async fn finish_inbound_mail(
+        &self,
+        id: i64,
+        conversation_id: Option<i64>,
+        now: i64,
+    ) -> Result<()> {
+        let sql = "UPDATE mail_inbound SET processed_at = $1, conversation_id = $2 WHERE id = $3";
+        with_pool!(self, pool => {
+            sqlx::query(sql).bind(now).bind(conversation_id).bind(id).execute(pool).await?;
+        });
+        Ok(())
+    }
+
+    /// Inbound mail stored but not processed (a crash or a store error
+    /// between the 250 and the conversation), oldest first.
+    pub async fn unprocessed_inbound_mail(&self, limit: i64) -> Result<Vec<InboundMailRow>> {
+        let sql = format!(
+            "SELECT {INBOUND_COLUMNS} FROM mail_inbound WHERE processed_at IS NULL ORDER BY id LIMIT $1"
+        );
+        let rows = with_pool!(self, pool =>
+            sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(limit).fetch_all(pool).await?);
+        Ok(rows)
+    }
+
+    /// Every inbound mail of a conversation, oldest first.
+    pub async fn inbound_mail_for_conversation(
+        &self,
+        conversation_id: i64,
+    ) -> Result<Vec<InboundMailRow>> {
+        let sql = format!(
+            "SELECT {INBOUND_COLUMNS} FROM mail_inbound WHERE conversation_id = $1 ORDER BY id"
+        );
+        let rows = with_pool!(self, pool =>
+            sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(conversation_id).fetch_all(pool).await?);
+        Ok(rows)
+    }
+
+    /// Inbound mail by its Message-ID (tests, support).
+    pub async fn inbound_mail_by_message_id(
+        &self,
+        message_id: &str,
+    ) -> Result<Vec<InboundMailRow>> {
+        let sql =
+            format!("SELECT {INBOUND_COLUMNS} FROM mail_inbound WHERE message_id = $1 ORDER BY id");
+        let rows = with_pool!(self, pool =>
+            sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(message_id).fetch_all(pool).await?);
+        Ok(rows)
+    }
+
+    /// Stores the kept attachments of an inbound mail. Idempotent: a second
+    /// call (processing again after a crash) replaces the first.
+    pub async fn store_attachments(
+        &self,
+        inbound_id: i64,
+        conversation_id: Option<i64>,
+        attachments: &[ccu_email::inbound::Attachment],
+    ) -> Result<()> {
+        let delete = "DELETE FROM mail_attachments WHERE inbound_id = $1";
+        let insert = "INSERT INTO mail_attachments (inbound_id, conversation_id, filename, content_type, size, bytes) \
+                      VALUES ($1, $2, $3, $4, $5, $6)";
+        with_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            sqlx::query(delete).bind(inbound_id).execute(&mut *tx).await?;
+            for a in attachments {
+                let size = i64::try_from(a.size).unwrap_or(i64::MAX);
+                sqlx::query(insert).bind(inbound_id).bind(conversation_id).bind(&a.filename)
+                    .bind(&a.content_type).bind(size).bind(&a.bytes).execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
+    /// (filename, content type, size) of a conversation's attachments.
+    pub async fn attachments_for_conversation(
+        &self,
+        conversation_id: i64,
+    ) -> Result<Vec<(String, String, i64)>> {
+        let sql = "SELECT filename, content_type, size FROM mail_attachments WHERE conversation_id = $1 ORDER BY id";
+        let rows = with_pool!(self, pool => sqlx::query_as(sql).bind(conversation_id).fetch_all(pool).await?);
+        Ok(rows)
+    }
+
+    /// The contact with this e-mail address (compared lower case), created
+    /// when there is none. Two first mails from a new address at the same
+    /// instant may create two contacts: merging contacts is a console task.
+    pub async fn contact_by_email(&self, email: &str, name: Option<&str>, now: i64) -> Result<i64> {
+        let email = email.to_lowercase();
+        let sql = "SELECT id FROM contacts WHERE email = $1 ORDER BY id LIMIT 1";
+        let found: Option<i64> = with_pool!(self, pool =>
+            sqlx::query_scalar(sql).bind(&email).fetch_optional(pool).await?);
+        match found {
+            Some(id) => Ok(id),
+            None => self.create_contact(name, Some(&email), None, now).await,
+        }
+    }
+
+    // ---- threading ----
+
+    /// (Message-ID, conversation) for those of `ids` that we sent.
+    pub async fn conversations_by_message_ids(&self, ids: &[String]) -> Result<Vec<(String, i64)>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let marks = placeholders(ids.len());
+        let sql = format!(
+            "SELECT message_id, conversation_id FROM mail_message_ids WHERE message_id IN ({marks})"
+        );
+        let rows = with_pool!(self, pool => {
+            let mut query = sqlx::query_as(sqlx::AssertSqlSafe(sql));
+            for id in ids {
+                query = query.bind(id);
+            }
+            query.fetch_all(pool).await?
+        });
+        Ok(rows)
+    }
+
+    /// (reference, conversation) for those of `references` that exist.
+    pub async fn conversations_by_references(
+        &self,
+        references: &[String],
+    ) -> Result<Vec<(String, i64)>> {
+        if references.is_empty() {
+            return Ok(Vec::new());
+        }
+        let marks = placeholders(references.len());
+        let sql = format!("SELECT reference, id FROM conversations WHERE reference IN ({marks})");
+        let rows = with_pool!(self, pool => {
+            let mut query = sqlx::query_as(sqlx::AssertSqlSafe(sql));
+            for r in references {
+                query = query.bind(r);
+            }
+            query.fetch_all(pool).await?
+        });
+        Ok(rows)
+    }
+
+    // ---- outbox ----
+
+    /// Stores a mail to send, with its Message-ID (`ccu.{id}@{domain}`) and,
+    /// when it belongs to a conversation, the Message-ID → conversation map
+    /// entry that threads the citizen's reply. One transaction.
+    pub async fn enqueue_mail(
+        &self,
+        mail: &NewOutboxMail,
+        domain: &str,
+        now: i64,
+    ) -> Result<OutboxMail> {
+        let insert = "INSERT INTO mail_outbox (conversation_id, to_address, to_name, subject, body, in_reply_to, \
+                      reference_ids, kind, auto, state, attempts, next_attempt_at, created_at, dedupe_key) \
+                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending', 0, $10, $10, $11) \
+                      ON CONFLICT (dedupe_key) DO NOTHING RETURNING id";
+        let existing = "SELECT id FROM mail_outbox WHERE dedupe_key = $1";
+        let set_id = "UPDATE mail_outbox SET message_id = $1 WHERE id = $2";
+        let map = "INSERT INTO mail_message_ids (message_id, conversation_id, outbox_id) VALUES ($1, $2, $3) \
+                   ON CONFLICT (message_id) DO NOTHING";
+        let references = mail.references.join(" ");
+        let id: i64 = with_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let inserted: Option<i64> = sqlx::query_scalar(insert)
+                .bind(mail.conversation_id).bind(&mail.to_address).bind(&mail.to_name).bind(&mail.subject)
+                .bind(&mail.body).bind(&mail.in_reply_to).bind(&references).bind(mail.kind.as_str())
+                .bind(mail.automatic).bind(now).bind(&mail.dedupe_key)
+                .fetch_optional(&mut *tx).await?;
+            let id = match inserted {
+                Some(id) => {
+                    let message_id = ccu_email::outbound::message_id_for(id, domain);
+                    sqlx::query(set_id).bind(&message_id).bind(id).execute(&mut *tx).await?;
+                    if let Some(conversation) = mail.conversation_id {
+                        sqlx::query(map).bind(&message_id).bind(conversation).bind(id)
+                            .execute(&mut *tx).await?;
+                    }
+                    id
+                }
+                // Only a dedupe key conflicts: the mail is already queued.
+                None => sqlx::query_scalar(existing).bind(&mail.dedupe_key).fetch_one(&mut *tx).await?,
+            };
+            tx.commit().await?;
+            id
+        });
+        self.outbox_mail(id)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt(format!("outbox mail {id} vanished after insert")))
+    }
+
+    pub async fn outbox_mail(&self, id: i64) -> Result<Option<OutboxMail>> {
+        let sql = format!("SELECT {OUTBOX_COLUMNS} FROM mail_outbox WHERE id = $1");
+        let row = with_pool!(self, pool =>
+            sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(pool).await?);
+        Ok(row)
+    }
+
+    /// A conversation's outgoing mail, oldest first.
+    pub async fn outbox_for_conversation(&self, conversation_id: i64) -> Result<Vec<OutboxMail>> {
+        let sql = format!(
+            "SELECT {OUTBOX_COLUMNS} FROM mail_outbox WHERE conversation_id = $1 ORDER BY id"
+        );
+        let rows = with_pool!(self, pool =>
+            sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(conversation_id).fetch_all(pool).await?);
+        Ok(rows)
+    }
+
+    pub async fn outbox_attempts(&self, outbox_id: i64) -> Result<Vec<OutboxAttempt>> {
+        let sql = "SELECT attempt, started_at, finished_at, outcome, detail FROM mail_outbox_attempts \
+                   WHERE outbox_id = $1 ORDER BY attempt";
+        let rows =
+            with_pool!(self, pool => sqlx::query_as(sql).bind(outbox_id).fetch_all(pool).await?);
+        Ok(rows)
+    }
+
+    /// When the next pending mail is due, if any.
+    pub async fn next_outbox_due(&self) -> Result<Option<i64>> {
+        let sql = "SELECT MIN(next_attempt_at) FROM mail_outbox WHERE state = 'pending'";
+        let due: Option<i64> =
+            with_pool!(self, pool => sqlx::query_scalar(sql).fetch_one(pool).await?);
+        Ok(due)
+    }
+
+    /// Claims the next due mail for one attempt: marks it `sending` until
+    /// `lease_until`, counts the attempt and records it as running, in one
+    /// transaction. A mail left `sending` by a worker that died (its lease
+    /// ran out) is claimed again and its open attempt marked `interrupted`.
+    ///
+    /// The claim is a single compare-and-set `UPDATE`: two workers (two
+    /// nodes on PostgreSQL) never claim the same mail; the loser gets `None`
+    /// for that round and simply tries again.
+    pub async fn claim_outbox_mail(
+        &self,
+        now: i64,
+        lease_until: i64,
+    ) -> Result<Option<OutboxMail>> {
+        let due = "(state = 'pending' AND next_attempt_at <= $1) OR (state = 'sending' AND lease_until <= $1)";
+        let claim = format!(
+            "UPDATE mail_outbox SET state = 'sending', attempts = attempts + 1, lease_until = $2 \
+             WHERE id = (SELECT id FROM mail_outbox WHERE {due} ORDER BY next_attempt_at, id LIMIT 1) \
+             AND ({due}) RETURNING {OUTBOX_COLUMNS}"
+        );
+        let interrupted = "UPDATE mail_outbox_attempts SET outcome = 'interrupted', finished_at = $1, \
+                           detail = 'the worker stopped during the attempt; delivery unknown' \
+                           WHERE outbox_id = $2 AND outcome IS NULL";
+        let attempt =
+            "INSERT INTO mail_outbox_attempts (outbox_id, attempt, started_at) VALUES ($1, $2, $3)";
+        let claimed = with_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let row: Option<OutboxMail> = sqlx::query_as(sqlx::AssertSqlSafe(claim)).bind(now).bind(lease_until)
+                .fetch_optional(&mut *tx).await?;
+            if let Some(mail) = &row {
+                sqlx::query(interrupted).bind(now).bind(mail.id).execute(&mut *tx).await?;
+                sqlx::query(attempt).bind(mail.id).bind(mail.attempts).bind(now).execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            row
+        });
+        Ok(claimed)
+    }
+
+    /// Records how attempt number `attempt` of mail `id` ended and moves the
+    /// mail on. The state change is guarded by the attempt number: a worker
+    /// whose lease ran out and was overtaken only records its attempt.
+    pub async fn finish_outbox_attempt(
+        &self,
+        id: i64,
+        attempt: i64,
+        result: &AttemptResult,
+        now: i64,
+    ) -> Result<()> {
+        let (outcome, detail) = match result {
+            AttemptResult::Sent { detail } => ("sent", detail),
+            AttemptResult::Retry { detail, .. } => ("transient", detail),
+            AttemptResult::Failed { detail, permanent } => {
+                (if *permanent { "permanent" } else { "transient" }, detail)
+            }
+        };
+        let record = "UPDATE mail_outbox_attempts SET outcome = $1, finished_at = $2, detail = $3 \
+                      WHERE outbox_id = $4 AND attempt = $5";
+        let guard = "WHERE id = $1 AND state = 'sending' AND attempts = $2";
+        with_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            sqlx::query(record).bind(outcome).bind(now).bind(detail).bind(id).bind(attempt)
+                .execute(&mut *tx).await?;
+            let update = match result {
+                AttemptResult::Sent { .. } => sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "UPDATE mail_outbox SET state = 'sent', sent_at = $3, lease_until = NULL, last_error = NULL {guard}"
+                ))).bind(id).bind(attempt).bind(now),
+                AttemptResult::Retry { next_attempt_at, detail } => sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "UPDATE mail_outbox SET state = 'pending', next_attempt_at = $3, lease_until = NULL, last_error = $4 {guard}"
+                ))).bind(id).bind(attempt).bind(*next_attempt_at).bind(detail),
+                AttemptResult::Failed { detail, .. } => sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "UPDATE mail_outbox SET state = 'failed', lease_until = NULL, last_error = $3 {guard}"
+                ))).bind(id).bind(attempt).bind(detail),
+            };
+            update.execute(&mut *tx).await?;
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+}
+
+/// `$1, $2, ... $n`
+fn placeholders(n: usize) -> String {
+    (1..=n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}

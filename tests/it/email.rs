@@ -1,0 +1,744 @@
+//! The e-mail channel end to end (issue 6): real `swaks` delivering into
+//! the server's SMTP port, a real `aiosmtpd` as the outbox relay, and the
+//! binary killed with SIGKILL after a 250. Missing tools fail the tests
+//! with the Debian package to install.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use ccu::email::{EmailChannel, OutboxStep};
+use ccu::store::mail::{InboundMailRow, NewInboundMail, OutboxMail};
+use ccu::store::{ConversationDetail, Scope, Store};
+use ccu_email::inbound::{ParseLimits, parse_inbound};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader as AsyncBufReader};
+
+use crate::helpers::*;
+
+const PYTHON: &str = "/usr/bin/python3";
+const TRIBUTI: &str = "tributi@comune.monteverde.it";
+const URP: &str = "urp@comune.monteverde.it";
+const CITIZEN: &str = "mario.rossi@esempio.it";
+
+/// A loopback port nothing listens on (bound, then released).
+fn free_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// The server with its relay on `relay` (a closed port unless given).
+async fn spawn_mail_app(relay: Option<SocketAddr>, overrides: &[(&str, Value)]) -> TestApp {
+    let relay = relay.unwrap_or_else(free_port);
+    let mut all = vec![
+        ("email.relay.host", json!(relay.ip().to_string())),
+        ("email.relay.port", json!(relay.port())),
+    ];
+    all.extend(overrides.iter().cloned());
+    spawn_app_with(&all).await
+}
+
+/// Runs swaks against `addr`; fails (never skips) when it is missing.
+async fn swaks(addr: SocketAddr, args: &[&str]) -> (bool, String) {
+    let out = tokio::process::Command::new("swaks")
+        .args(["--server", "127.0.0.1", "--port", &addr.port().to_string()])
+        .args(["--helo", "mx.esempio.it", "--timeout", "20"])
+        .args(args)
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("cannot run swaks ({e}): install the Debian package `swaks`"));
+    let transcript = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), transcript)
+}
+
+/// A citizen's mail: accepted with 250, or the test fails with the transcript.
+async fn send(addr: SocketAddr, to: &str, message_id: &str, subject: &str, extra: &[&str]) {
+    let header = format!("Message-Id: <{message_id}>");
+    let subject = format!("Subject: {subject}");
+    let mut args = vec![
+        "--from",
+        CITIZEN,
+        "--to",
+        to,
+        "--header",
+        &header,
+        "--header",
+        &subject,
+        "--header",
+        "From: Mario Rossi <mario.rossi@esempio.it>",
+        "--body",
+        "Buongiorno, quando scade la rata della TARI?\nGrazie, Mario",
+    ];
+    args.extend_from_slice(extra);
+    let (ok, transcript) = swaks(addr, &args).await;
+    assert!(ok, "{transcript}");
+    assert!(transcript.contains("<-  250 2.0.0"), "{transcript}");
+}
+
+/// Polls `check` until it returns `Some`, for at most 20 s.
+async fn wait_for<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            if let Some(value) = check().await {
+                return value;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
+async fn inbound(store: &Store, message_id: &str) -> InboundMailRow {
+    let rows = store.inbound_mail_by_message_id(message_id).await.unwrap();
+    assert_eq!(rows.len(), 1, "one stored mail for {message_id}");
+    rows.into_iter().next().unwrap()
+}
+
+async fn conversation(store: &Store, id: i64) -> ConversationDetail {
+    store
+        .get_conversation(&Scope::All, id)
+        .await
+        .unwrap()
+        .expect("the conversation exists")
+}
+
+async fn outbox(store: &Store, conversation_id: i64) -> Vec<OutboxMail> {
+    store
+        .outbox_for_conversation(conversation_id)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_mail_becomes_a_conversation_in_the_mailbox_queue_with_an_acknowledgement_queued() {
+    let app = spawn_mail_app(None, &[]).await;
+    send(
+        app.smtp_addr,
+        TRIBUTI,
+        "nuova-1@esempio.it",
+        "TARI 2026",
+        &[],
+    )
+    .await;
+
+    // The 250 came after the mail was stored and routed: no waiting needed.
+    let mail = inbound(app.store(), "nuova-1@esempio.it").await;
+    assert_eq!(mail.queue_id, "tributi");
+    assert_eq!(mail.mail_from, CITIZEN);
+    assert_eq!(mail.noise, None);
+    assert!(mail.processed_at.is_some());
+    assert!(String::from_utf8_lossy(&mail.raw).starts_with("Received: from mx.esempio.it"));
+    let detail = conversation(app.store(), mail.conversation_id.unwrap()).await;
+    let c = &detail.conversation;
+    assert_eq!(c.queue_id, "tributi");
+    assert_eq!(c.channel, ccu::config::Channel::Email);
+    assert_eq!(c.subject.as_deref(), Some("TARI 2026"));
+    let contact = c.contact_id.expect("linked to the sender's contact");
+    assert_eq!(detail.messages.len(), 1);
+    assert_eq!(detail.messages[0].direction, "inbound");
+    assert!(
+        detail.messages[0]
+            .body
+            .contains("quando scade la rata della TARI?")
+    );
+
+    let acks = outbox(app.store(), c.id).await;
+    assert_eq!(acks.len(), 1);
+    let ack = &acks[0];
+    assert_eq!(ack.kind, "acknowledgement");
+    assert!(ack.auto);
+    assert_eq!(ack.to_address, CITIZEN);
+    assert_eq!(ack.subject, format!("[{}] Re: TARI 2026", c.reference));
+    assert!(ack.body.contains(&c.reference), "{}", ack.body);
+    assert_eq!(ack.in_reply_to.as_deref(), Some("nuova-1@esempio.it"));
+    assert_eq!(
+        ack.message_id,
+        format!("ccu.{}@comune.monteverde.it", ack.id)
+    );
+
+    // A second conversation from the same address reuses the contact.
+    send(app.smtp_addr, URP, "nuova-2@esempio.it", "Altro", &[]).await;
+    let second = inbound(app.store(), "nuova-2@esempio.it").await;
+    let detail = conversation(app.store(), second.conversation_id.unwrap()).await;
+    assert_eq!(detail.conversation.queue_id, "urp");
+    assert_eq!(detail.conversation.contact_id, Some(contact));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_to_our_acknowledgement_threads_into_the_same_conversation_without_a_new_acknowledgement()
+ {
+    let app = spawn_mail_app(None, &[]).await;
+    send(app.smtp_addr, TRIBUTI, "filo-1@esempio.it", "IMU", &[]).await;
+    let first = inbound(app.store(), "filo-1@esempio.it").await;
+    let conversation_id = first.conversation_id.unwrap();
+    let ack = outbox(app.store(), conversation_id).await.remove(0);
+
+    // The citizen answers our acknowledgement; the subject lost the token.
+    let in_reply_to = format!("In-Reply-To: <{}>", ack.message_id);
+    let references = format!("References: <filo-1@esempio.it> <{}>", ack.message_id);
+    send(
+        app.smtp_addr,
+        URP,
+        "filo-2@esempio.it",
+        "Re: IMU",
+        &["--add-header", &in_reply_to, "--add-header", &references],
+    )
+    .await;
+    let reply = inbound(app.store(), "filo-2@esempio.it").await;
+    assert_eq!(reply.conversation_id, Some(conversation_id));
+    let detail = conversation(app.store(), conversation_id).await;
+    assert_eq!(detail.messages.len(), 2);
+    assert_eq!(
+        detail.conversation.queue_id, "tributi",
+        "stays where it was"
+    );
+    assert_eq!(outbox(app.store(), conversation_id).await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reference_token_in_the_subject_threads_a_mail_without_headers() {
+    let app = spawn_mail_app(None, &[]).await;
+    send(app.smtp_addr, URP, "token-1@esempio.it", "ZTL", &[]).await;
+    let first = inbound(app.store(), "token-1@esempio.it").await;
+    let conversation_id = first.conversation_id.unwrap();
+    let reference = conversation(app.store(), conversation_id)
+        .await
+        .conversation
+        .reference;
+    let subject = format!("I: [{reference}] ZTL, altre domande");
+    send(app.smtp_addr, URP, "token-2@esempio.it", &subject, &[]).await;
+    assert_eq!(
+        inbound(app.store(), "token-2@esempio.it")
+            .await
+            .conversation_id,
+        Some(conversation_id)
+    );
+    assert_eq!(
+        conversation(app.store(), conversation_id)
+            .await
+            .messages
+            .len(),
+        2
+    );
+    // An unknown token opens a new conversation.
+    send(
+        app.smtp_addr,
+        URP,
+        "token-3@esempio.it",
+        "[URP-1999-000001] vecchia",
+        &[],
+    )
+    .await;
+    let other = inbound(app.store(), "token-3@esempio.it").await;
+    assert_ne!(other.conversation_id, Some(conversation_id));
+    assert!(other.conversation_id.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_auto_reply_is_stored_and_never_answered() {
+    let app = spawn_mail_app(None, &[]).await;
+    // An out-of-office answering nothing of ours: kept, no conversation,
+    // so nothing to answer and no work for an operator.
+    send(
+        app.smtp_addr,
+        URP,
+        "ferie-1@esempio.it",
+        "Fuori ufficio",
+        &["--add-header", "Auto-Submitted: auto-replied"],
+    )
+    .await;
+    let noise = inbound(app.store(), "ferie-1@esempio.it").await;
+    assert_eq!(noise.noise.as_deref(), Some("auto_submitted"));
+    assert_eq!(noise.conversation_id, None);
+    assert!(noise.processed_at.is_some());
+
+    // An out-of-office answering our acknowledgement joins the
+    // conversation, and is not acknowledged (RFC 3834 §2).
+    send(
+        app.smtp_addr,
+        URP,
+        "ferie-2@esempio.it",
+        "Passo carrabile",
+        &[],
+    )
+    .await;
+    let conversation_id = inbound(app.store(), "ferie-2@esempio.it")
+        .await
+        .conversation_id
+        .unwrap();
+    let ack = outbox(app.store(), conversation_id).await.remove(0);
+    let in_reply_to = format!("In-Reply-To: <{}>", ack.message_id);
+    send(
+        app.smtp_addr,
+        URP,
+        "ferie-3@esempio.it",
+        "Risposta automatica: Passo carrabile",
+        &[
+            "--add-header",
+            "Auto-Submitted: auto-replied",
+            "--add-header",
+            &in_reply_to,
+        ],
+    )
+    .await;
+    let auto = inbound(app.store(), "ferie-3@esempio.it").await;
+    assert_eq!(auto.conversation_id, Some(conversation_id));
+    assert_eq!(auto.noise.as_deref(), Some("auto_submitted"));
+    assert_eq!(outbox(app.store(), conversation_id).await.len(), 1);
+
+    // A bounce (null sender) opens nothing either.
+    let (ok, transcript) = swaks(
+        app.smtp_addr,
+        &[
+            "--from",
+            "",
+            "--to",
+            URP,
+            "--header",
+            "Message-Id: <bounce-1@esempio.it>",
+            "--header",
+            "From: MAILER-DAEMON@esempio.it",
+        ],
+    )
+    .await;
+    assert!(ok, "{transcript}");
+    let bounce = inbound(app.store(), "bounce-1@esempio.it").await;
+    assert_eq!(bounce.mail_from, "");
+    assert_eq!(bounce.noise.as_deref(), Some("null_sender"));
+    assert_eq!(bounce.conversation_id, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_recipients_get_550_and_oversize_mail_552() {
+    let app = spawn_mail_app(None, &[("email.max_message_bytes", json!(20_000))]).await;
+    let (ok, transcript) = swaks(
+        app.smtp_addr,
+        &["--from", CITIZEN, "--to", "chiunque@altrove.example"],
+    )
+    .await;
+    assert!(!ok);
+    assert!(transcript.contains("<** 550 5.1.1"), "{transcript}");
+
+    let body = "x".repeat(30_000);
+    let (ok, transcript) = swaks(
+        app.smtp_addr,
+        &[
+            "--from",
+            CITIZEN,
+            "--to",
+            URP,
+            "--header",
+            "Message-Id: <grande@esempio.it>",
+            "--body",
+            &body,
+        ],
+    )
+    .await;
+    assert!(!ok);
+    assert!(transcript.contains("<** 552 5.3.4"), "{transcript}");
+    assert!(
+        app.store()
+            .inbound_mail_by_message_id("grande@esempio.it")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sender_over_its_hourly_limit_gets_a_temporary_refusal_and_nothing_is_stored() {
+    let app = spawn_mail_app(None, &[("email.per_sender_per_hour", json!(2))]).await;
+    send(app.smtp_addr, URP, "limite-1@esempio.it", "uno", &[]).await;
+    send(app.smtp_addr, URP, "limite-2@esempio.it", "due", &[]).await;
+    let (ok, transcript) = swaks(
+        app.smtp_addr,
+        &[
+            "--from",
+            CITIZEN,
+            "--to",
+            URP,
+            "--header",
+            "Message-Id: <limite-3@esempio.it>",
+        ],
+    )
+    .await;
+    assert!(!ok);
+    assert!(transcript.contains("<** 451 4.3.0"), "{transcript}");
+    assert!(
+        app.store()
+            .inbound_mail_by_message_id("limite-3@esempio.it")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Another sender is not affected.
+    let (ok, transcript) = swaks(app.smtp_addr, &["--from", "altra@esempio.it", "--to", URP]).await;
+    assert!(ok, "{transcript}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_delivery_of_the_same_message_is_stored_once() {
+    let app = spawn_mail_app(None, &[]).await;
+    send(app.smtp_addr, URP, "doppio@esempio.it", "Doppio", &[]).await;
+    // The sender did not see our 250 and sends again: 250 again, one copy.
+    send(app.smtp_addr, URP, "doppio@esempio.it", "Doppio", &[]).await;
+    let mail = inbound(app.store(), "doppio@esempio.it").await;
+    let detail = conversation(app.store(), mail.conversation_id.unwrap()).await;
+    assert_eq!(detail.messages.len(), 1);
+    assert_eq!(outbox(app.store(), detail.conversation.id).await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mail_stored_but_not_processed_before_a_crash_becomes_a_conversation_at_the_next_start() {
+    let app = spawn_mail_app(None, &[]).await;
+    // What a crash right after the commit (and the 250) leaves behind.
+    let raw = b"From: Anna <anna@esempio.it>\r\nTo: urp@comune.monteverde.it\r\nSubject: Residenza\r\nMessage-ID: <crash-1@esempio.it>\r\n\r\nVorrei cambiare residenza.\r\n";
+    app.store()
+        .insert_inbound_mail(&NewInboundMail {
+            envelope_id: "test",
+            mail_from: "anna@esempio.it",
+            recipients: "[\"urp@comune.monteverde.it\"]",
+            mailbox: URP,
+            queue_id: "urp",
+            helo: "mx.esempio.it",
+            peer: "127.0.0.1:1",
+            tls: false,
+            message_id: Some("crash-1@esempio.it"),
+            from_address: Some("anna@esempio.it"),
+            from_name: Some("Anna"),
+            subject: "Residenza",
+            noise: None,
+            malformed: false,
+            raw,
+            received_at: ccu::now_ms(),
+        })
+        .await
+        .unwrap();
+    let app = app.restart().await;
+    let conversation_id = wait_for("the stored mail to be processed", || async {
+        inbound(app.store(), "crash-1@esempio.it")
+            .await
+            .processed_at
+            .and(
+                inbound(app.store(), "crash-1@esempio.it")
+                    .await
+                    .conversation_id,
+            )
+    })
+    .await;
+    let detail = conversation(app.store(), conversation_id).await;
+    assert!(
+        detail.messages[0]
+            .body
+            .contains("Vorrei cambiare residenza.")
+    );
+    assert_eq!(outbox(app.store(), conversation_id).await.len(), 1);
+}
+
+// ---- outbound, against a real SMTP server ----
+
+struct Aiosmtpd {
+    _child: tokio::process::Child,
+    stdout: tokio::io::Lines<AsyncBufReader<tokio::process::ChildStdout>>,
+}
+
+impl Aiosmtpd {
+    /// Starts aiosmtpd (Debian `python3-aiosmtpd`) and waits until it listens.
+    async fn start(addr: SocketAddr) -> Self {
+        let mut child = tokio::process::Command::new(PYTHON)
+            .args(["-u", "-m", "aiosmtpd", "-n", "-d", "-l", &addr.to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot run {PYTHON} ({e}): install the Debian package `python3-aiosmtpd`")
+            });
+        let mut stderr = AsyncBufReader::new(child.stderr.take().unwrap()).lines();
+        let listening = tokio::time::timeout(Duration::from_secs(15), async {
+            while let Some(line) = stderr.next_line().await.unwrap() {
+                if line.contains("Server is listening") {
+                    return true;
+                }
+                if line.contains("No module named aiosmtpd") {
+                    panic!("aiosmtpd missing: install the Debian package `python3-aiosmtpd`");
+                }
+            }
+            false
+        })
+        .await
+        .expect("aiosmtpd did not start within 15 s");
+        assert!(listening, "aiosmtpd exited: install `python3-aiosmtpd`");
+        tokio::spawn(async move { while let Ok(Some(_)) = stderr.next_line().await {} });
+        let stdout = AsyncBufReader::new(child.stdout.take().unwrap()).lines();
+        Self {
+            _child: child,
+            stdout,
+        }
+    }
+
+    /// The next message the debugging handler prints.
+    async fn next_message(&mut self) -> String {
+        tokio::time::timeout(Duration::from_secs(20), async {
+            let mut message = String::new();
+            let mut inside = false;
+            while let Some(line) = self.stdout.next_line().await.unwrap() {
+                if line.contains("MESSAGE FOLLOWS") {
+                    inside = true;
+                } else if line.contains("END MESSAGE") {
+                    return message;
+                } else if inside {
+                    message.push_str(&line);
+                    message.push_str("\r\n");
+                }
+            }
+            panic!("aiosmtpd closed its output")
+        })
+        .await
+        .expect("no message reached aiosmtpd within 20 s")
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_acknowledgement_reaches_the_relay_with_threading_and_loop_headers() {
+    let relay_addr = free_port();
+    let mut relay = Aiosmtpd::start(relay_addr).await;
+    let app = spawn_mail_app(Some(relay_addr), &[]).await;
+    send(
+        app.smtp_addr,
+        TRIBUTI,
+        "consegna-1@esempio.it",
+        "Rimborso TARI",
+        &["--add-header", "References: <prima@esempio.it>"],
+    )
+    .await;
+    let conversation_id = inbound(app.store(), "consegna-1@esempio.it")
+        .await
+        .conversation_id
+        .unwrap();
+    let reference = conversation(app.store(), conversation_id)
+        .await
+        .conversation
+        .reference;
+
+    // The worker was woken by the enqueue and delivered it.
+    let arrived = relay.next_message().await;
+    let parsed = parse_inbound(arrived.as_bytes(), &ParseLimits::default());
+    let ack = outbox(app.store(), conversation_id).await.remove(0);
+    assert_eq!(
+        parsed.message_id.as_deref(),
+        Some(ack.message_id.as_str()),
+        "{arrived}"
+    );
+    assert_eq!(parsed.in_reply_to, ["consegna-1@esempio.it"]);
+    assert_eq!(
+        parsed.references,
+        ["prima@esempio.it", "consegna-1@esempio.it"]
+    );
+    assert_eq!(parsed.subject, format!("[{reference}] Re: Rimborso TARI"));
+    assert_eq!(parsed.noise.auto_submitted.as_deref(), Some("auto-replied"));
+    assert_eq!(parsed.noise.x_loop, ["urp@comune.monteverde.it"]);
+    assert_eq!(
+        parsed.from.as_ref().unwrap().address.as_str(),
+        "urp@comune.monteverde.it"
+    );
+    assert!(parsed.text.contains(&reference));
+
+    let sent = wait_for("the acknowledgement to be marked sent", || async {
+        let mail = app.store().outbox_mail(ack.id).await.unwrap().unwrap();
+        (mail.state == "sent").then_some(mail)
+    })
+    .await;
+    assert_eq!(sent.attempts, 1);
+    let attempts = app.store().outbox_attempts(ack.id).await.unwrap();
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(attempts[0].outcome.as_deref(), Some("sent"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_relay_down_then_up_a_mail_is_delivered_exactly_once_and_every_attempt_is_recorded()
+ {
+    let relay_addr = free_port();
+    let app = spawn_mail_app(Some(relay_addr), &[]).await;
+    send(app.smtp_addr, URP, "giu-1@esempio.it", "Relay giù", &[]).await;
+    let conversation_id = inbound(app.store(), "giu-1@esempio.it")
+        .await
+        .conversation_id
+        .unwrap();
+    let ack_id = outbox(app.store(), conversation_id).await[0].id;
+
+    // The worker tries at once, finds the relay down and schedules a retry.
+    let waiting = wait_for("the first failed attempt", || async {
+        let mail = app.store().outbox_mail(ack_id).await.unwrap().unwrap();
+        (mail.attempts == 1 && mail.state == "pending").then_some(mail)
+    })
+    .await;
+    let now = ccu::now_ms();
+    assert!(
+        waiting.next_attempt_at > now,
+        "retried later, not in a busy loop"
+    );
+    assert!(waiting.last_error.is_some());
+
+    // Up again. Drive the worker step with the clock past the retry time.
+    let mut relay = Aiosmtpd::start(relay_addr).await;
+    let channel = EmailChannel::new(&app.state).unwrap();
+    let later = waiting.next_attempt_at + 1;
+    assert_eq!(
+        channel.try_send_next(later).await.unwrap(),
+        OutboxStep::Sent { outbox_id: ack_id }
+    );
+    let arrived = relay.next_message().await;
+    assert!(
+        arrived.contains(&format!("ccu.{ack_id}@comune.monteverde.it")),
+        "{arrived}"
+    );
+    assert_eq!(
+        channel.try_send_next(later + 86_400_000).await.unwrap(),
+        OutboxStep::Idle
+    );
+
+    let attempts = app.store().outbox_attempts(ack_id).await.unwrap();
+    let outcomes: Vec<_> = attempts.iter().map(|a| a.outcome.as_deref()).collect();
+    assert_eq!(outcomes, [Some("transient"), Some("sent")]);
+    assert!(attempts[0].detail.is_some());
+
+    // After a restart nothing is sent again.
+    let app = app.restart().await;
+    let channel = EmailChannel::new(&app.state).unwrap();
+    assert_eq!(
+        channel.try_send_next(later + 86_400_000).await.unwrap(),
+        OutboxStep::Idle
+    );
+    let mail = app.store().outbox_mail(ack_id).await.unwrap().unwrap();
+    assert_eq!((mail.state.as_str(), mail.attempts), ("sent", 2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mail_that_can_never_be_sent_is_failed_and_not_retried() {
+    let app = spawn_mail_app(None, &[]).await;
+    let channel = EmailChannel::new(&app.state).unwrap();
+    // An address lettre refuses to put on the wire: a permanent failure.
+    let mail = channel
+        .enqueue_mail(&ccu::email::MailToSend {
+            conversation_id: None,
+            to: ccu_email::address::EmailAddress::parse("a\"b@esempio.it").unwrap(),
+            to_name: None,
+            subject: "x".into(),
+            reference: None,
+            body: "x".into(),
+            in_reply_to: None,
+            references: Vec::new(),
+            kind: ccu::store::mail::MailKind::Reply,
+            automatic: false,
+            dedupe_key: Some("permanent-test".into()),
+        })
+        .await
+        .unwrap();
+    let failed = wait_for("the mail to fail", || async {
+        let m = app.store().outbox_mail(mail.id).await.unwrap().unwrap();
+        (m.state == "failed").then_some(m)
+    })
+    .await;
+    assert_eq!(failed.attempts, 1);
+    assert_eq!(
+        channel
+            .try_send_next(ccu::now_ms() + 86_400_000)
+            .await
+            .unwrap(),
+        OutboxStep::Idle
+    );
+}
+
+// ---- the binary, killed after a 250 ----
+
+struct Server {
+    child: Child,
+    smtp: SocketAddr,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_binary(dir: &Path, database_url: &str) -> Server {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ccu"));
+    cmd.arg("--config")
+        .arg(repo_path("config/default.toml"))
+        .env("CCU_HTTP_ADDR", "127.0.0.1:0")
+        .env("CCU_SMTP_ADDR", "127.0.0.1:0")
+        .env("CCU_EMAIL__RELAY__PORT", free_port().port().to_string())
+        .env("CCU_DATA_DIR", dir)
+        .env("CCU_DATABASE_URL", database_url)
+        .env("CCU_LOG_FORMAT", "json")
+        .env_remove("CCU_REDIS_URL")
+        .env("RUST_LOG", "info");
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut sent = false;
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if !sent
+                && let Ok(log) = serde_json::from_str::<Value>(&line)
+                && log["message"] == "ccu is ready"
+            {
+                let _ = tx.send(log["smtp_addr"].as_str().unwrap_or_default().to_owned());
+                sent = true;
+            }
+        }
+    });
+    let smtp = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the server logs that it is ready, with smtp_addr");
+    Server {
+        child,
+        smtp: smtp.parse().expect("smtp_addr in the ready line"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mail_answered_250_survives_a_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = fresh_database_url(dir.path()).await;
+    let mut server = start_binary(dir.path(), &url);
+    send(
+        server.smtp,
+        TRIBUTI,
+        "sigkill-1@esempio.it",
+        "Prima del crash",
+        &[],
+    )
+    .await;
+
+    // SIGKILL right after the 250: no shutdown code runs.
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+
+    let _server = start_binary(dir.path(), &url);
+    let store = Store::connect(&url).await.unwrap();
+    let mail = inbound(&store, "sigkill-1@esempio.it").await;
+    let detail = conversation(&store, mail.conversation_id.unwrap()).await;
+    assert_eq!(detail.conversation.queue_id, "tributi");
+    assert!(detail.messages[0].body.contains("quando scade"));
+    assert_eq!(outbox(&store, detail.conversation.id).await.len(), 1);
+    store.close().await;
+}
