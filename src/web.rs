@@ -55,8 +55,8 @@ enum Audience {
     Citizen,
     /// Scripts and styles other sites load (`widget.js`, `widget.css`).
     Embedded,
-    /// Other static assets of our own pages.
-    Asset,
+    /// Other static files of our own pages.
+    Own,
 }
 
 struct Asset {
@@ -99,13 +99,13 @@ static ASSETS: LazyLock<BTreeMap<&'static str, Asset>> = LazyLock::new(|| {
         ("chat.html", include_bytes!("../web/chat.html"), HTML, Citizen),
         ("widget.js", include_bytes!("../web/widget.js"), JS, Embedded),
         ("widget.css", include_bytes!("../web/widget.css"), CSS, Embedded),
-        ("app.css", include_bytes!("../web/app.css"), CSS, Asset),
-        ("i18n.js", include_bytes!("../web/i18n.js"), JS, Asset),
-        ("login.js", include_bytes!("../web/login.js"), JS, Asset),
-        ("console.js", include_bytes!("../web/console.js"), JS, Asset),
-        ("dashboard.js", include_bytes!("../web/dashboard.js"), JS, Asset),
-        ("canned.json", include_bytes!("../web/canned.json"), JSON, Asset),
-        ("favicon.svg", include_bytes!("../web/favicon.svg"), SVG, Asset),
+        ("app.css", include_bytes!("../web/app.css"), CSS, Own),
+        ("i18n.js", include_bytes!("../web/i18n.js"), JS, Own),
+        ("login.js", include_bytes!("../web/login.js"), JS, Own),
+        ("console.js", include_bytes!("../web/console.js"), JS, Own),
+        ("dashboard.js", include_bytes!("../web/dashboard.js"), JS, Own),
+        ("canned.json", include_bytes!("../web/canned.json"), JSON, Own),
+        ("favicon.svg", include_bytes!("../web/favicon.svg"), SVG, Own),
     ];
     files
         .into_iter()
@@ -168,7 +168,7 @@ fn security_headers(audience: Audience, content_type: &'static str) -> HeaderMap
             CSP_STRICT
         }
         Audience::Citizen => CSP_PUBLIC,
-        Audience::Embedded | Audience::Asset => CSP_STRICT,
+        Audience::Embedded | Audience::Own => CSP_STRICT,
     };
     headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(csp));
     let resource_policy = if audience == Audience::Embedded {

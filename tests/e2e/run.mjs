@@ -24,6 +24,7 @@ const env = (name, fallback) => {
 const base = env('CCU_BASE_URL').replace(/\/$/, '');
 const operator = { user: env('CCU_OPERATOR_USER'), password: env('CCU_OPERATOR_PASSWORD') };
 const supervisor = { user: env('CCU_SUPERVISOR_USER'), password: env('CCU_SUPERVISOR_PASSWORD') };
+const operatorName = env('CCU_OPERATOR_NAME', '');
 const output = env('CCU_E2E_OUTPUT', join(here, 'output'));
 const timeout = Number(env('CCU_E2E_TIMEOUT_MS', '10000'));
 mkdirSync(output, { recursive: true });
@@ -96,14 +97,6 @@ async function main() {
     watch(op, 'console');
     await login(op, operator, '/console');
     await until(op, 'the hello frame (offline presence)', () => document.querySelector('#presence-badge')?.dataset.presence === 'offline');
-    await until(sup, 'the operator on the dashboard', () => document.querySelectorAll('#operators tbody tr').length > 0);
-    const opRow = await sup.evaluate(() => {
-      const rows = [...document.querySelectorAll('#operators tbody tr')];
-      return rows.map((r) => ({ id: r.dataset.operator, name: r.querySelector('[data-field="name"]').textContent }));
-    });
-    const opId = opRow.find((r) => r.name)?.id;
-    check(opId, 'the operator has a row on the dashboard');
-    const handledBefore = Number(await sup.evaluate((id) => document.querySelector(`tr[data-operator="${id}"] [data-field="handled_today"]`).textContent, opId));
 
     // ---- citizen ----
     log('a citizen opens the chat widget with the keyboard');
@@ -141,6 +134,12 @@ async function main() {
     log('the operator becomes available and gets the offer');
     await op.selectOption('#presence-select', 'available');
     await op.click('#presence-submit');
+    await until(sup, 'the operator available on the dashboard', (name) => [...document.querySelectorAll('#operators tbody tr')]
+      .some((r) => (!name || r.querySelector('[data-field="name"]').textContent === name)
+        && r.querySelector('[data-presence]')?.dataset.presence === 'available'), operatorName);
+    const opId = await sup.evaluate((name) => [...document.querySelectorAll('#operators tbody tr')]
+      .find((r) => !name || r.querySelector('[data-field="name"]').textContent === name).dataset.operator, operatorName);
+    const handledBefore = Number(await sup.evaluate((id) => document.querySelector(`tr[data-operator="${id}"] [data-field="handled_today"]`).textContent, opId));
     const offer = op.locator('#offers article.offer');
     await offer.waitFor({ state: 'visible', timeout });
     const offerText = await offer.textContent();
@@ -230,6 +229,12 @@ async function main() {
     await cit.fill('#ccu-chat-rating textarea', 'Gentilissimi');
     await cit.click('#ccu-chat-rating button[type=submit]');
     await until(cit, 'the thanks', () => /Grazie per la sua valutazione/.test(document.getElementById('ccu-chat-panel').textContent));
+
+    log('the supervisor forces the operator on break');
+    await sup.selectOption(`#force-${opId}`, 'break');
+    await sup.click(`tr[data-operator="${opId}"] .force-form button`);
+    await until(op, 'the console shows the forced break', () => document.querySelector('#presence-badge').dataset.presence === 'break');
+    await until(sup, 'the dashboard shows the break', (id) => document.querySelector(`tr[data-operator="${id}"] [data-presence]`)?.dataset.presence === 'break', opId);
 
     log('the dashboard switches to English');
     await sup.selectOption('#lang', 'en');
