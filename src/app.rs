@@ -165,7 +165,8 @@ impl Application {
         }
         housekeeping.abort();
         // SMTP sessions finish their message, the outbox its attempt.
-        if tokio::time::timeout(grace, self.email.stopped()).await.is_err() {
+        let email_stopped = tokio::time::timeout(grace, self.email.stopped()).await;
+        if email_stopped.is_err() {
             tracing::warn!("grace period over; e-mail tasks still running");
         }
         self.state.store.close().await;

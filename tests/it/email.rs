@@ -302,7 +302,7 @@ async fn an_auto_reply_is_stored_and_never_answered() {
         app.smtp_addr,
         &[
             "--from",
-            "",
+            "<>",
             "--to",
             URP,
             "--header",
@@ -625,33 +625,73 @@ async fn with_the_relay_down_then_up_a_mail_is_delivered_exactly_once_and_every_
     assert_eq!((mail.state.as_str(), mail.attempts), ("sent", 2));
 }
 
+/// A relay that refuses every recipient with 550 5.1.1: the SMTP door of
+/// the channel crate with no mailboxes.
+struct RefusingRelay;
+
+impl ccu_email::smtp::RecipientRouter for RefusingRelay {
+    fn route_recipient(
+        &self,
+        _: &ccu_email::address::EmailAddress,
+    ) -> Option<ccu_email::smtp::MailboxRoute> {
+        None
+    }
+}
+
+impl ccu_email::smtp::MailSink for RefusingRelay {
+    async fn accept(
+        &self,
+        _: ccu_email::smtp::Envelope,
+        _: Vec<u8>,
+    ) -> Result<ccu_email::smtp::AcceptedId, ccu_email::smtp::SinkError> {
+        Err(ccu_email::smtp::SinkError::ShuttingDown)
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_mail_that_can_never_be_sent_is_failed_and_not_retried() {
-    let app = spawn_mail_app(None, &[]).await;
-    let channel = EmailChannel::new(&app.state).unwrap();
-    // An address lettre refuses to put on the wire: a permanent failure.
-    let mail = channel
-        .enqueue_mail(&ccu::email::MailToSend {
-            conversation_id: None,
-            to: ccu_email::address::EmailAddress::parse("a\"b@esempio.it").unwrap(),
-            to_name: None,
-            subject: "x".into(),
-            reference: None,
-            body: "x".into(),
-            in_reply_to: None,
-            references: Vec::new(),
-            kind: ccu::store::mail::MailKind::Reply,
-            automatic: false,
-            dedupe_key: Some("permanent-test".into()),
-        })
+async fn a_mail_the_relay_refuses_permanently_is_failed_and_not_retried() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let relay_addr = listener.local_addr().unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let _stop = stop.clone().drop_guard();
+    tokio::spawn(ccu_email::smtp::serve(
+        listener,
+        ccu_email::smtp::SmtpConfig::new("relay.example"),
+        std::sync::Arc::new(RefusingRelay),
+        stop,
+    ));
+    let app = spawn_mail_app(Some(relay_addr), &[]).await;
+    send(
+        app.smtp_addr,
+        URP,
+        "rifiuto-1@esempio.it",
+        "Indirizzo sbagliato",
+        &[],
+    )
+    .await;
+    let conversation_id = inbound(app.store(), "rifiuto-1@esempio.it")
         .await
+        .conversation_id
         .unwrap();
-    let failed = wait_for("the mail to fail", || async {
-        let m = app.store().outbox_mail(mail.id).await.unwrap().unwrap();
+    let ack_id = outbox(app.store(), conversation_id).await[0].id;
+    let failed = wait_for("the refused mail to be failed", || async {
+        let m = app.store().outbox_mail(ack_id).await.unwrap().unwrap();
         (m.state == "failed").then_some(m)
     })
     .await;
     assert_eq!(failed.attempts, 1);
+    assert!(
+        failed
+            .last_error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("550"),
+        "{failed:?}"
+    );
+    let attempts = app.store().outbox_attempts(ack_id).await.unwrap();
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(attempts[0].outcome.as_deref(), Some("permanent"));
+    let channel = EmailChannel::new(&app.state).unwrap();
     assert_eq!(
         channel
             .try_send_next(ccu::now_ms() + 86_400_000)
