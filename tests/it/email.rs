@@ -782,3 +782,36 @@ async fn a_mail_answered_250_survives_a_sigkill() {
     assert_eq!(outbox(&store, detail.conversation.id).await.len(), 1);
     store.close().await;
 }
+
+#[test]
+fn email_settings_are_validated_and_errors_name_the_key() {
+    use figment::Figment;
+    use figment::providers::{Format, Serialized, Toml};
+    let with = |key: &str, value: Value| {
+        ccu::config::Settings::from_figment(
+            Figment::new()
+                .merge(Toml::file(repo_path("config/default.toml")))
+                .merge(Serialized::global(key, value)),
+        )
+    };
+    let err = with(
+        "email.mailboxes",
+        json!({ "x@comune.monteverde.it": "astrologia" }),
+    )
+    .unwrap_err();
+    assert_eq!(err.key, "email.mailboxes.\"x@comune.monteverde.it\"");
+    assert!(err.reason.contains("unknown queue"), "{err}");
+    let err = with("email.from", json!("non un indirizzo")).unwrap_err();
+    assert_eq!(err.key, "email.from");
+    let err = with("email.relay.password", json!("segreta")).unwrap_err();
+    assert_eq!(err.key, "email.relay.username");
+    let err = with("email.relay.colour", json!("blu")).unwrap_err();
+    assert!(err.to_string().contains("colour"), "{err}");
+    let err = with("email.tls_cert", json!("/etc/ccu/mx.pem")).unwrap_err();
+    assert_eq!(err.key, "email.tls_key");
+    // The relay password never appears in debug output.
+    let settings = with("email.relay.username", json!("ccu")).unwrap();
+    let mut relay = settings.email.relay.clone();
+    relay.password = Some("segretissima".into());
+    assert!(!format!("{relay:?}").contains("segretissima"));
+}
