@@ -17,10 +17,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth;
 use crate::bus::Bus;
-use crate::hub::Hub;
-use crate::router::RouterHandle;
 use crate::config::Settings;
+use crate::hub::Hub;
 use crate::ratelimit::RateLimiter;
+use crate::router::RouterHandle;
 use crate::store::{NewUser, Role, Store, StoreError};
 
 /// Shared by every handler; cheap to clone.
@@ -34,6 +34,16 @@ pub struct Inner {
     pub hub: Hub,
     pub login_per_user: RateLimiter,
     pub login_per_address: RateLimiter,
+    /// Failures per username from any address: a looser cap that stops a
+    /// distributed guess at one account without letting one address lock
+    /// a user out (that key is username and address).
+    pub login_per_username: RateLimiter,
+    /// argon2 takes ~19 MiB and tens of ms per hash: at most this many at
+    /// once, so a flood of logins cannot exhaust memory.
+    pub hashing: tokio::sync::Semaphore,
+    pub chat_starts: RateLimiter,
+    pub chat_messages: RateLimiter,
+    pub forms: RateLimiter,
     /// A real argon2 hash to verify against when the username is unknown,
     /// so a failed login takes as long whether or not the user exists.
     pub dummy_hash: String,
@@ -47,13 +57,51 @@ impl Deref for AppState {
 }
 
 impl AppState {
-    pub fn new(settings: Settings, store: Store, bus: Bus, router: RouterHandle) -> anyhow::Result<Self> {
-        let hub = Hub::new(store.clone(), bus.clone(), router, Arc::new(settings.clone()));
+    /// A permit to run one argon2 hash or verification; waits a little,
+    /// then answers 503 rather than queueing without bound.
+    pub async fn hashing_permit(
+        &self,
+    ) -> Result<tokio::sync::SemaphorePermit<'_>, crate::api::error::ApiError> {
+        match tokio::time::timeout(Duration::from_secs(3), self.hashing.acquire()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => Err(crate::api::error::ApiError::Busy),
+        }
+    }
+
+    pub fn new(
+        settings: Settings,
+        store: Store,
+        bus: Bus,
+        router: RouterHandle,
+    ) -> anyhow::Result<Self> {
+        let hub = Hub::new(
+            store.clone(),
+            bus.clone(),
+            router,
+            Arc::new(settings.clone()),
+        );
         let window = Duration::from_secs(settings.auth.login_window_seconds);
+        let public_window = Duration::from_secs(settings.public.window_seconds);
         let dummy_hash = auth::hash_password(&auth::random_password(24))?;
         Ok(Self(Arc::new(Inner {
             login_per_user: RateLimiter::new(settings.auth.login_failures_per_user, window),
             login_per_address: RateLimiter::new(settings.auth.login_attempts_per_address, window),
+            login_per_username: RateLimiter::new(
+                settings.auth.login_failures_per_user.saturating_mul(10),
+                window,
+            ),
+            hashing: tokio::sync::Semaphore::new(
+                std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(2)
+                    .max(2),
+            ),
+            chat_starts: RateLimiter::new(settings.public.chat_starts_per_address, public_window),
+            chat_messages: RateLimiter::new(
+                settings.public.chat_messages_per_address,
+                public_window,
+            ),
+            forms: RateLimiter::new(settings.public.forms_per_address, public_window),
             dummy_hash,
             hub,
             settings,
@@ -101,11 +149,17 @@ impl Application {
             .with_context(|| format!("binding http_addr {}", settings.http_addr))?;
         let http_addr = http.local_addr()?;
         let (smtp, smtp_addr) = crate::email::bind(settings.smtp_addr).await?;
-        let router = crate::router::start(&settings, store.clone(), bus.clone(), shutdown.child_token())
-            .await
-            .context("starting the router")?;
+        let router = crate::router::start(
+            &settings,
+            store.clone(),
+            bus.clone(),
+            shutdown.child_token(),
+        )
+        .await
+        .context("starting the router")?;
         let state =
-            tokio::task::spawn_blocking(move || AppState::new(settings, store, bus, router)).await??;
+            tokio::task::spawn_blocking(move || AppState::new(settings, store, bus, router))
+                .await??;
         let email = crate::email::start(&state, smtp, shutdown.child_token())
             .context("starting the e-mail channel")?;
         tracing::info!(
@@ -146,32 +200,101 @@ impl Application {
             self.shutdown.child_token(),
         ));
         let router = crate::api::router(self.state.clone());
-        let shutdown = self.shutdown.clone();
-        let server = axum::serve(
+        let http = &self.state.settings.http;
+        serve_http(
             self.http,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
+            router,
+            Duration::from_secs(http.header_read_timeout_seconds),
+            http.max_connections,
+            grace,
+            self.shutdown.clone(),
         )
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-        let mut server = std::pin::pin!(server.into_future());
-        tokio::select! {
-            result = &mut server => result.context("http server")?,
-            _ = shutdown.cancelled() => {
-                tracing::info!(grace_seconds = grace.as_secs(), "shutting down: finishing in-flight requests");
-                match tokio::time::timeout(grace, &mut server).await {
-                    Ok(result) => result.context("http server")?,
-                    Err(_) => tracing::warn!("grace period over; dropping the remaining connections"),
-                }
-            }
-        }
+        .await;
         housekeeping.abort();
         // SMTP sessions finish their message, the outbox its attempt.
-        let email_stopped = tokio::time::timeout(grace, self.email.stopped()).await;
-        if email_stopped.is_err() {
+        if tokio::time::timeout(grace, self.email.stopped())
+            .await
+            .is_err()
+        {
             tracing::warn!("grace period over; e-mail tasks still running");
         }
         self.state.store.close().await;
         tracing::info!("ccu stopped");
         Ok(())
+    }
+}
+
+/// The HTTP accept loop. axum's own `serve` has no header-read timeout,
+/// so a client trickling headers (slowloris) would hold a connection for
+/// ever: this loop sets one, caps open connections, hands each connection
+/// its peer address, and on shutdown stops accepting, lets in-flight
+/// requests finish within `grace`, then drops the rest.
+async fn serve_http(
+    listener: TcpListener,
+    router: axum::Router,
+    header_timeout: Duration,
+    max_connections: usize,
+    grace: Duration,
+    shutdown: CancellationToken,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto::Builder;
+    use tower::ServiceExt;
+
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(%err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            metrics::counter!("ccu_http_connections_refused_total").increment(1);
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let router = router.clone();
+        let service = hyper::service::service_fn(
+            move |mut request: hyper::Request<hyper::body::Incoming>| {
+                request
+                    .extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+                router.clone().oneshot(request)
+            },
+        );
+        let connection = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            let _ = connection.await;
+            drop(slot);
+        });
+    }
+    drop(listener);
+    tracing::info!(
+        grace_seconds = grace.as_secs(),
+        "shutting down: finishing in-flight requests"
+    );
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("grace period over; dropping the remaining connections");
     }
 }
 
@@ -186,6 +309,10 @@ async fn housekeeping(state: AppState, shutdown: CancellationToken) {
         let now = std::time::Instant::now();
         state.login_per_user.prune(now);
         state.login_per_address.prune(now);
+        state.login_per_username.prune(now);
+        state.chat_starts.prune(now);
+        state.chat_messages.prune(now);
+        state.forms.prune(now);
         if let Err(err) = state.store.purge_expired_sessions(crate::now_ms()).await {
             tracing::warn!(%err, "purging expired sessions failed");
         }

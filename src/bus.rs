@@ -71,6 +71,17 @@ pub enum BusEvent {
     OperatorChanged {
         user_id: i64,
     },
+    /// Someone is typing in a conversation: `from` is citizen or operator.
+    Typing {
+        conversation_id: i64,
+        from: String,
+        active: bool,
+    },
+    /// The citizen or the operator ended the conversation.
+    ConversationEnded {
+        conversation_id: i64,
+        by: String,
+    },
     MessageAdded {
         conversation_id: i64,
         message_id: i64,

@@ -70,6 +70,7 @@ pub struct Settings {
     pub auth: AuthSettings,
     pub capacity: CapacitySettings,
     pub routing: RoutingSettings,
+    pub public: PublicSettings,
     pub messages: Messages,
     pub holidays: HolidaySettings,
     pub languages: Vec<String>,
@@ -107,6 +108,14 @@ pub struct HttpSettings {
     pub trust_forwarded_for: bool,
     /// Serve `/metrics` to any address; when false, only to loopback peers.
     pub metrics_public: bool,
+    /// When set, `/metrics` also needs `Authorization: Bearer <token>` (behind
+    /// a reverse proxy every peer looks like loopback).
+    #[serde(default)]
+    pub metrics_token: Option<String>,
+    /// A client must send its request headers within this time (slowloris).
+    pub header_read_timeout_seconds: u64,
+    /// Open HTTP connections (and WebSockets) at most; more are refused.
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -149,6 +158,23 @@ pub struct RoutingSettings {
     pub stats_window_seconds: u32,
     /// 0: announce position and wait only on arrival.
     pub announce_every_seconds: u32,
+}
+
+/// Limits of the public (citizen) endpoints: chat and web form.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublicSettings {
+    /// Chats a client address may start per window.
+    pub chat_starts_per_address: u32,
+    /// Chat messages a client address may send per window.
+    pub chat_messages_per_address: u32,
+    /// Web forms a client address may send per window.
+    pub forms_per_address: u32,
+    pub window_seconds: u64,
+    /// How long after the last activity a citizen may resume a chat.
+    pub resume_ttl_seconds: u64,
+    /// Longest chat message or form text, in characters.
+    pub max_text_chars: usize,
 }
 
 /// Texts given to citizens by the routing rules (Italian by default).
@@ -440,7 +466,13 @@ impl Settings {
             self.http.request_timeout_seconds,
         )?;
         positive("auth.session_ttl_seconds", self.auth.session_ttl_seconds)?;
-        positive("routing.stats_window_seconds", self.routing.stats_window_seconds.into())?;
+        positive(
+            "routing.stats_window_seconds",
+            self.routing.stats_window_seconds.into(),
+        )?;
+        positive("public.window_seconds", self.public.window_seconds)?;
+        positive("public.resume_ttl_seconds", self.public.resume_ttl_seconds)?;
+        positive("public.max_text_chars", self.public.max_text_chars as u64)?;
         positive("auth.login_window_seconds", self.auth.login_window_seconds)?;
         positive(
             "auth.login_failures_per_user",
@@ -748,37 +780,19 @@ impl Settings {
             }
         }
         positive("email.max_message_bytes", email.max_message_bytes as u64)?;
-        positive(
-            "email.max_attachment_bytes",
-            email.max_attachment_bytes as u64,
-        )?;
-        positive(
-            "email.per_sender_per_hour",
-            email.per_sender_per_hour.into(),
-        )?;
+        positive("email.max_attachment_bytes", email.max_attachment_bytes as u64)?;
+        positive("email.per_sender_per_hour", email.per_sender_per_hour.into())?;
         positive("email.relay.port", email.relay.port.into())?;
         positive("email.relay.timeout_seconds", email.relay.timeout_seconds)?;
-        positive(
-            "email.outbox.give_up_after_hours",
-            email.outbox.give_up_after_hours,
-        )?;
+        positive("email.outbox.give_up_after_hours", email.outbox.give_up_after_hours)?;
         if email.relay.password.is_some() && email.relay.username.is_none() {
-            return Err(ConfigError::new(
-                "email.relay.username",
-                "a password needs a username",
-            ));
+            return Err(ConfigError::new("email.relay.username", "a password needs a username"));
         }
         if email.tls_cert.is_some() != email.tls_key.is_some() {
-            return Err(ConfigError::new(
-                "email.tls_key",
-                "set both tls_cert and tls_key, or neither",
-            ));
+            return Err(ConfigError::new("email.tls_key", "set both tls_cert and tls_key, or neither"));
         }
         if !email.acknowledgement.contains("{reference}") {
-            return Err(ConfigError::new(
-                "email.acknowledgement",
-                "must contain {reference}",
-            ));
+            return Err(ConfigError::new("email.acknowledgement", "must contain {reference}"));
         }
         Ok(())
     }

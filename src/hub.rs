@@ -6,7 +6,9 @@
 use crate::bus::{Bus, BusEvent};
 use crate::config::Settings;
 use crate::router::{RouterError, RouterHandle};
-use crate::store::{Conversation, ConversationState, Direction, Message, NewConversation, Store, StoreError};
+use crate::store::{
+    Conversation, ConversationState, Direction, Message, NewConversation, Store, StoreError,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum HubError {
@@ -39,7 +41,12 @@ pub struct Arrival {
 }
 
 impl Hub {
-    pub fn new(store: Store, bus: Bus, router: RouterHandle, settings: std::sync::Arc<Settings>) -> Self {
+    pub fn new(
+        store: Store,
+        bus: Bus,
+        router: RouterHandle,
+        settings: std::sync::Arc<Settings>,
+    ) -> Self {
         Self {
             store,
             bus,
@@ -110,7 +117,14 @@ impl Hub {
     ) -> Result<Message, HubError> {
         let message = self
             .store
-            .add_message(conversation_id, crate::now_ms(), direction, author_user_id, body, client_id)
+            .add_message(
+                conversation_id,
+                crate::now_ms(),
+                direction,
+                author_user_id,
+                body,
+                client_id,
+            )
             .await?;
         self.publish(BusEvent::MessageAdded {
             conversation_id,
@@ -149,7 +163,9 @@ impl Hub {
             .await?
             .ok_or(HubError::NotFound(conversation_id))?;
         let conversation = detail.conversation;
-        if conversation.state != ConversationState::Assigned || conversation.operator_id != Some(operator_id) {
+        if conversation.state != ConversationState::Assigned
+            || conversation.operator_id != Some(operator_id)
+        {
             return Ok(false);
         }
         let wrap_up = self
@@ -185,6 +201,77 @@ impl Hub {
         }
         self.router.ended(conversation_id, false).await?;
         Ok(true)
+    }
+
+    /// Moves a conversation to another queue (or pins it to an operator in
+    /// its own queue); it keeps its enqueue time. Stored, then routed.
+    pub async fn transfer(
+        &self,
+        conversation_id: i64,
+        to_queue: Option<&str>,
+        to_operator: Option<i64>,
+        by: Option<i64>,
+    ) -> Result<(), HubError> {
+        let detail = self
+            .store
+            .get_conversation(&crate::store::Scope::All, conversation_id)
+            .await?
+            .ok_or(HubError::NotFound(conversation_id))?;
+        let from = detail.conversation.queue_id.clone();
+        let queue_id = to_queue.unwrap_or(&from).to_owned();
+        let queue = self
+            .settings
+            .queues
+            .get(&queue_id)
+            .ok_or_else(|| HubError::UnknownQueue(queue_id.clone()))?;
+        self.store
+            .move_to_queue(
+                conversation_id,
+                &queue_id,
+                &queue.organization,
+                "transferred",
+                &serde_json::json!({ "from": from, "to_operator": to_operator, "by": by }),
+                crate::now_ms(),
+            )
+            .await?;
+        match to_operator {
+            Some(user) => {
+                self.router
+                    .transfer_to_operator(conversation_id, user)
+                    .await?
+            }
+            None => {
+                self.router
+                    .transfer_to_queue(conversation_id, &queue_id)
+                    .await?
+            }
+        }
+        self.publish(BusEvent::ConversationChanged {
+            conversation_id,
+            organization_id: queue.organization.clone(),
+            state: "queued".into(),
+            operator_id: None,
+        })
+        .await;
+        Ok(())
+    }
+
+    /// Tells everyone who ended a conversation (citizen or operator).
+    pub async fn announce_end(&self, conversation_id: i64, by: &str) {
+        self.publish(BusEvent::ConversationEnded {
+            conversation_id,
+            by: by.to_owned(),
+        })
+        .await;
+    }
+
+    pub async fn typing(&self, conversation_id: i64, from: &str, active: bool) {
+        self.publish(BusEvent::Typing {
+            conversation_id,
+            from: from.to_owned(),
+            active,
+        })
+        .await;
     }
 
     async fn publish(&self, event: BusEvent) {

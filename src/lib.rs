@@ -19,6 +19,8 @@ pub mod ratelimit;
 pub mod router;
 pub mod store;
 pub mod telemetry;
+pub mod web;
+pub mod ws;
 
 /// Wall-clock time as Unix milliseconds, the store's time unit.
 pub fn now_ms() -> i64 {

@@ -78,6 +78,19 @@ impl RateLimiter {
         }
     }
 
+    /// Gives back a token taken by [`check`](Self::check) (a login that
+    /// succeeded does not count against the failure budget).
+    pub fn refund(&self, key: &str, now: Instant) {
+        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(bucket) = buckets.get_mut(key) {
+            let tokens = self.refilled(*bucket, now);
+            *bucket = Bucket {
+                tokens: (tokens + 1.0).min(self.burst),
+                updated: now,
+            };
+        }
+    }
+
     /// Whether `key` has a token left, without taking it.
     pub fn peek(&self, key: &str, now: Instant) -> Verdict {
         let buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());

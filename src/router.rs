@@ -26,11 +26,11 @@ use std::time::Duration;
 
 use ccu_routing::calendar::OpeningHours;
 use ccu_routing::{
-    Capacity, ClosedAction as EngineClosedAction, Command, ConversationId, EndReason, Engine, EngineConfig,
-    Event, Language, MaxWaitAction as EngineMaxWait, OfferId, OperatorId, OperatorProfile, OperatorView,
-    OrgId, OverflowAction, OverflowStep as EngineOverflowStep, Presence, QueueConfig, QueueId, QueueStats,
-    RequeueReason, RestoredConversation, RoutingError, SkillId, SkillLevel, SkillRequirement, Timestamp,
-    TransferTarget, WithdrawReason,
+    Capacity, ClosedAction as EngineClosedAction, Command, ConversationId, EndReason, Engine,
+    EngineConfig, Event, Language, MaxWaitAction as EngineMaxWait, OfferId, OperatorId,
+    OperatorProfile, OperatorView, OrgId, OverflowAction, OverflowStep as EngineOverflowStep,
+    Presence, QueueConfig, QueueId, QueueStats, RequeueReason, RestoredConversation, RoutingError,
+    SkillId, SkillLevel, SkillRequirement, Timestamp, TransferTarget, WithdrawReason,
 };
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
@@ -68,7 +68,11 @@ impl IdMap {
         let index = |i: usize| u32::try_from(i).unwrap_or(u32::MAX);
         let queues: Vec<String> = settings.queues.keys().cloned().collect();
         Self {
-            queue_ids: queues.iter().enumerate().map(|(i, q)| (q.clone(), QueueId(index(i)))).collect(),
+            queue_ids: queues
+                .iter()
+                .enumerate()
+                .map(|(i, q)| (q.clone(), QueueId(index(i))))
+                .collect(),
             queues,
             orgs: settings
                 .organizations
@@ -90,7 +94,10 @@ impl IdMap {
     }
 
     pub fn queue_name(&self, id: QueueId) -> &str {
-        self.queues.get(id.0 as usize).map(String::as_str).unwrap_or("?")
+        self.queues
+            .get(id.0 as usize)
+            .map(String::as_str)
+            .unwrap_or("?")
     }
 
     fn org(&self, name: &str) -> OrgId {
@@ -134,12 +141,18 @@ pub fn engine_config(settings: &Settings) -> EngineConfig {
 }
 
 /// A configured queue as the engine sees it.
-pub fn queue_config(settings: &Settings, ids: &IdMap, name: &str) -> Result<QueueConfig, RouterError> {
+pub fn queue_config(
+    settings: &Settings,
+    ids: &IdMap,
+    name: &str,
+) -> Result<QueueConfig, RouterError> {
     let queue = settings
         .queues
         .get(name)
         .ok_or_else(|| RouterError::UnknownQueue(name.to_owned()))?;
-    let id = ids.queue(name).ok_or_else(|| RouterError::UnknownQueue(name.to_owned()))?;
+    let id = ids
+        .queue(name)
+        .ok_or_else(|| RouterError::UnknownQueue(name.to_owned()))?;
     let hours: OpeningHours = settings
         .opening_hours(name)
         .map_err(|_| RouterError::UnknownQueue(name.to_owned()))?;
@@ -209,10 +222,23 @@ pub fn operator_profile(settings: &Settings, ids: &IdMap, user: &User) -> Operat
     let skills = user
         .skills
         .iter()
-        .filter_map(|(name, level)| ids.skills.get(name).map(|&skill| SkillLevel { skill, level: *level }))
+        .filter_map(|(name, level)| {
+            ids.skills.get(name).map(|&skill| SkillLevel {
+                skill,
+                level: *level,
+            })
+        })
         .collect();
-    let mut profile = OperatorProfile::new(OperatorId(user_key(user.id)), ids.org(&user.organization_id), skills);
-    profile.languages = user.languages.iter().filter_map(|l| Language::parse(l).ok()).collect();
+    let mut profile = OperatorProfile::new(
+        OperatorId(user_key(user.id)),
+        ids.org(&user.organization_id),
+        skills,
+    );
+    profile.languages = user
+        .languages
+        .iter()
+        .filter_map(|l| Language::parse(l).ok())
+        .collect();
     profile.capacity = Capacity {
         voice: cap("voice", defaults.voice),
         chat: cap("chat", defaults.chat),
@@ -291,7 +317,10 @@ impl RouterHandle {
         language: &str,
         enqueued_at: i64,
     ) -> Result<(), RouterError> {
-        let queue = self.ids.queue(queue).ok_or_else(|| RouterError::UnknownQueue(queue.to_owned()))?;
+        let queue = self
+            .ids
+            .queue(queue)
+            .ok_or_else(|| RouterError::UnknownQueue(queue.to_owned()))?;
         self.request(
             Event::ConversationQueued {
                 conversation: conversation_key(conversation),
@@ -318,18 +347,32 @@ impl RouterHandle {
 
     /// The operator accepts an offer made to them (and only to them).
     pub async fn accept(&self, user: i64, offer: u64) -> Result<(), RouterError> {
-        self.request(Event::OfferAccepted { offer: OfferId(offer) }, Some(OperatorId(user_key(user))))
-            .await
+        self.request(
+            Event::OfferAccepted {
+                offer: OfferId(offer),
+            },
+            Some(OperatorId(user_key(user))),
+        )
+        .await
     }
 
     pub async fn decline(&self, user: i64, offer: u64) -> Result<(), RouterError> {
-        self.request(Event::OfferRejected { offer: OfferId(offer) }, Some(OperatorId(user_key(user))))
-            .await
+        self.request(
+            Event::OfferRejected {
+                offer: OfferId(offer),
+            },
+            Some(OperatorId(user_key(user))),
+        )
+        .await
     }
 
     /// The conversation ended: completed by the operator or abandoned by the citizen.
     pub async fn ended(&self, conversation: i64, abandoned: bool) -> Result<(), RouterError> {
-        let reason = if abandoned { EndReason::Abandoned } else { EndReason::Completed };
+        let reason = if abandoned {
+            EndReason::Abandoned
+        } else {
+            EndReason::Completed
+        };
         self.request(
             Event::ConversationEnded {
                 conversation: conversation_key(conversation),
@@ -340,8 +383,15 @@ impl RouterHandle {
         .await
     }
 
-    pub async fn transfer_to_queue(&self, conversation: i64, queue: &str) -> Result<(), RouterError> {
-        let queue = self.ids.queue(queue).ok_or_else(|| RouterError::UnknownQueue(queue.to_owned()))?;
+    pub async fn transfer_to_queue(
+        &self,
+        conversation: i64,
+        queue: &str,
+    ) -> Result<(), RouterError> {
+        let queue = self
+            .ids
+            .queue(queue)
+            .ok_or_else(|| RouterError::UnknownQueue(queue.to_owned()))?;
         self.request(
             Event::Transfer {
                 conversation: conversation_key(conversation),
@@ -352,7 +402,11 @@ impl RouterHandle {
         .await
     }
 
-    pub async fn transfer_to_operator(&self, conversation: i64, user: i64) -> Result<(), RouterError> {
+    pub async fn transfer_to_operator(
+        &self,
+        conversation: i64,
+        user: i64,
+    ) -> Result<(), RouterError> {
         self.request(
             Event::Transfer {
                 conversation: conversation_key(conversation),
@@ -390,7 +444,10 @@ impl RouterHandle {
 
     pub async fn snapshot(&self) -> Result<Snapshot, RouterError> {
         let (reply, answer) = oneshot::channel();
-        self.tx.send(Message::Snapshot(reply)).await.map_err(|_| RouterError::Stopped)?;
+        self.tx
+            .send(Message::Snapshot(reply))
+            .await
+            .map_err(|_| RouterError::Stopped)?;
         answer.await.map_err(|_| RouterError::Stopped)
     }
 }
@@ -500,7 +557,10 @@ pub async fn start(
     }
     let waiting = restored.len();
     engine.restore(Timestamp::from_millis(now_ms), presences, restored)?;
-    tracing::info!(conversations = waiting, "router restored its state from the store");
+    tracing::info!(
+        conversations = waiting,
+        "router restored its state from the store"
+    );
 
     let (tx, rx) = mpsc::channel(1024);
     let actor = Actor {
@@ -523,7 +583,8 @@ impl Actor {
         loop {
             let deadline = self.engine.next_deadline().map(|t| {
                 let wait = t.as_millis().saturating_sub(crate::now_ms()).max(0);
-                tokio::time::Instant::now() + Duration::from_millis(u64::try_from(wait).unwrap_or(0))
+                tokio::time::Instant::now()
+                    + Duration::from_millis(u64::try_from(wait).unwrap_or(0))
             });
             let sleep = async {
                 match deadline {
@@ -549,7 +610,11 @@ impl Actor {
 
     async fn receive(&mut self, message: Message) {
         match message {
-            Message::Event { event, operator, reply } => {
+            Message::Event {
+                event,
+                operator,
+                reply,
+            } => {
                 let mut result = self.check_owner(&event, operator);
                 if result.is_ok()
                     && let Event::OperatorPresence { operator, presence } = &event
@@ -577,7 +642,10 @@ impl Actor {
                     .keys()
                     .filter_map(|name| {
                         let id = self.ids.queue(name)?;
-                        self.engine.queue_stats(id, at).ok().map(|s| (name.clone(), s))
+                        self.engine
+                            .queue_stats(id, at)
+                            .ok()
+                            .map(|s| (name.clone(), s))
                     })
                     .collect();
                 let operators = self.engine.operators();
@@ -592,16 +660,24 @@ impl Actor {
             Event::OfferAccepted { offer } | Event::OfferRejected { offer } => *offer,
             _ => return Ok(()),
         };
-        let Some(operator) = operator else { return Ok(()) };
+        let Some(operator) = operator else {
+            return Ok(());
+        };
         match self.engine.operator(operator) {
             Some(view) if view.offers.contains(&offer) => Ok(()),
             _ => Err(RouterError::NotYourOffer),
         }
     }
 
-    async fn remember_presence(&self, operator: OperatorId, presence: &Presence) -> Result<(), RouterError> {
+    async fn remember_presence(
+        &self,
+        operator: OperatorId,
+        presence: &Presence,
+    ) -> Result<(), RouterError> {
         let json = serde_json::to_string(presence).unwrap_or_default();
-        self.store.set_presence(user_id(operator), &json, crate::now_ms()).await?;
+        self.store
+            .set_presence(user_id(operator), &json, crate::now_ms())
+            .await?;
         Ok(())
     }
 
@@ -634,6 +710,7 @@ impl Actor {
                         &queue_name,
                         now_ms,
                         expires_at.as_millis(),
+                        i64::try_from(offer.0).unwrap_or(i64::MAX),
                     )
                     .await?;
                 self.offer_rows.insert(offer, row);
@@ -656,7 +733,8 @@ impl Actor {
                 operator,
                 reason,
             } => {
-                self.settle(offer, conversation, "withdrawn", now_ms).await?;
+                self.settle(offer, conversation, "withdrawn", now_ms)
+                    .await?;
                 self.publish(BusEvent::OfferWithdrawn {
                     offer_id: offer.0,
                     conversation_id: conversation_id(conversation),
@@ -675,7 +753,10 @@ impl Actor {
                     self.settle(offer, conversation, "accepted", now_ms).await?;
                 }
                 let id = conversation_id(conversation);
-                let assigned = self.store.assign_conversation(id, user_id(operator), now_ms).await?;
+                let assigned = self
+                    .store
+                    .assign_conversation(id, user_id(operator), now_ms)
+                    .await?;
                 if !assigned {
                     // The store's compare-and-set refused: it was assigned already.
                     tracing::error!(conversation = id, "refused a second assignment");
@@ -683,7 +764,8 @@ impl Actor {
                 }
                 metrics::histogram!("ccu_wait_seconds", "queue" => self.ids.queue_name(queue).to_owned())
                     .record(waited_ms as f64 / 1000.0);
-                self.changed(id, "assigned", Some(user_id(operator))).await?;
+                self.changed(id, "assigned", Some(user_id(operator)))
+                    .await?;
             }
             Command::Requeued {
                 conversation,
@@ -712,8 +794,15 @@ impl Actor {
                     .await?;
                 self.changed(id, "queued", None).await?;
             }
-            Command::Overflow { conversation, from, to } => {
-                let (from, to) = (self.ids.queue_name(from).to_owned(), self.ids.queue_name(to).to_owned());
+            Command::Overflow {
+                conversation,
+                from,
+                to,
+            } => {
+                let (from, to) = (
+                    self.ids.queue_name(from).to_owned(),
+                    self.ids.queue_name(to).to_owned(),
+                );
                 let org = self
                     .settings
                     .queues
@@ -722,7 +811,14 @@ impl Actor {
                     .unwrap_or_default();
                 let id = conversation_id(conversation);
                 self.store
-                    .move_to_queue(id, &to, &org, "overflow", &serde_json::json!({ "from": from }), now_ms)
+                    .move_to_queue(
+                        id,
+                        &to,
+                        &org,
+                        "overflow",
+                        &serde_json::json!({ "from": from }),
+                        now_ms,
+                    )
                     .await?;
                 self.changed(id, "queued", None).await?;
             }
@@ -748,7 +844,14 @@ impl Actor {
                 let id = conversation_id(conversation);
                 let action = serde_json::to_value(&action).unwrap_or_default();
                 self.store
-                    .append_event(id, now_ms, "max_wait", Some(self.ids.queue_name(queue)), None, &action)
+                    .append_event(
+                        id,
+                        now_ms,
+                        "max_wait",
+                        Some(self.ids.queue_name(queue)),
+                        None,
+                        &action,
+                    )
                     .await?;
                 self.publish(BusEvent::RoutingNotice {
                     conversation_id: id,
@@ -765,7 +868,14 @@ impl Actor {
                 let id = conversation_id(conversation);
                 let action = serde_json::to_value(&action).unwrap_or_default();
                 self.store
-                    .append_event(id, now_ms, "queue_closed", Some(self.ids.queue_name(queue)), None, &action)
+                    .append_event(
+                        id,
+                        now_ms,
+                        "queue_closed",
+                        Some(self.ids.queue_name(queue)),
+                        None,
+                        &action,
+                    )
                     .await?;
                 self.publish(BusEvent::RoutingNotice {
                     conversation_id: id,
@@ -776,7 +886,8 @@ impl Actor {
             }
             Command::OperatorAutoPaused { operator, missed } => {
                 let user = user_id(operator);
-                let presence = Presence::NotReady(ccu_routing::NotReadyReason::MissedOffers { count: missed });
+                let presence =
+                    Presence::NotReady(ccu_routing::NotReadyReason::MissedOffers { count: missed });
                 self.remember_presence(operator, &presence).await?;
                 self.store
                     .audit(
@@ -790,7 +901,8 @@ impl Actor {
                         now_ms,
                     )
                     .await?;
-                self.publish(BusEvent::OperatorChanged { user_id: user }).await;
+                self.publish(BusEvent::OperatorChanged { user_id: user })
+                    .await;
             }
             Command::WrapUpStarted {
                 operator,
@@ -819,7 +931,9 @@ impl Actor {
             } => {
                 let id = conversation_id(conversation);
                 if let Some(code) = &disposition {
-                    self.store.record_wrap_up(id, user_id(operator), code, None, now_ms).await?;
+                    self.store
+                        .record_wrap_up(id, user_id(operator), code, None, now_ms)
+                        .await?;
                 }
                 self.store
                     .transition(
@@ -838,7 +952,13 @@ impl Actor {
         Ok(())
     }
 
-    async fn settle(&mut self, offer: OfferId, conversation: ConversationId, outcome: &str, now_ms: i64) -> Result<(), RouterError> {
+    async fn settle(
+        &mut self,
+        offer: OfferId,
+        conversation: ConversationId,
+        outcome: &str,
+        now_ms: i64,
+    ) -> Result<(), RouterError> {
         if let Some(row) = self.offer_rows.remove(&offer) {
             self.store.close_offer(row, outcome, now_ms).await?;
         }
@@ -848,7 +968,12 @@ impl Actor {
         Ok(())
     }
 
-    async fn changed(&self, id: i64, state: &str, operator: Option<i64>) -> Result<(), RouterError> {
+    async fn changed(
+        &self,
+        id: i64,
+        state: &str,
+        operator: Option<i64>,
+    ) -> Result<(), RouterError> {
         let organization_id = self
             .store
             .get_conversation(&crate::store::Scope::All, id)

@@ -80,16 +80,30 @@ async fn login(
     ApiJson(body): ApiJson<LoginRequest>,
 ) -> Result<Response, ApiError> {
     let address = client_address(&state, peer, &headers);
-    let now = Instant::now();
-    if let Verdict::Limited { retry_after } = state.login_per_address.check(&address, now) {
-        return Err(ApiError::RateLimited { retry_after });
-    }
     if body.username.len() > 64 || body.password.len() > 1024 {
         return Err(ApiError::Unauthorized);
     }
     let username = body.username.trim().to_lowercase();
-    if let Verdict::Limited { retry_after } = state.login_per_user.peek(&username, now) {
-        return Err(ApiError::RateLimited { retry_after });
+    let user_here = format!("{username}|{address}");
+    // Tokens are taken before the (slow) verification, so concurrent
+    // guesses cannot all slip through, and given back if the login succeeds:
+    // only failures count. Three budgets: per address (one machine guessing
+    // many accounts), per username and address (one machine guessing one
+    // account), and a looser one per username (many machines, one account),
+    // so one address alone cannot lock a user out.
+    let now = Instant::now();
+    let budgets = [
+        (&state.login_per_address, address.as_str()),
+        (&state.login_per_user, user_here.as_str()),
+        (&state.login_per_username, username.as_str()),
+    ];
+    for (n, (limiter, key)) in budgets.iter().enumerate() {
+        if let Verdict::Limited { retry_after } = limiter.check(key, now) {
+            for (taken, key) in &budgets[..n] {
+                taken.refund(key, now);
+            }
+            return Err(ApiError::RateLimited { retry_after });
+        }
     }
     let found = state.store.user_for_login(&username).await?;
     let stored_hash = found
@@ -97,14 +111,15 @@ async fn login(
         .map(|(_, hash)| hash.clone())
         .unwrap_or_else(|| state.dummy_hash.clone());
     let password = body.password;
-    let verified =
+    let verified = {
+        let _permit = state.hashing_permit().await?;
         tokio::task::spawn_blocking(move || auth::verify_password(&password, &stored_hash))
             .await
-            .map_err(|e| ApiError::Internal(e.into()))?;
+            .map_err(|e| ApiError::Internal(e.into()))?
+    };
     let user = match found {
         Some((user, _)) if verified && user.active => user,
         _ => {
-            state.login_per_user.check(&username, now);
             metrics::counter!("ccu_login_failures_total").increment(1);
             state
                 .store
@@ -122,6 +137,9 @@ async fn login(
             return Err(ApiError::Unauthorized);
         }
     };
+    for (limiter, key) in &budgets {
+        limiter.refund(key, Instant::now());
+    }
     let token = auth::random_token(32);
     let now_ms = crate::now_ms();
     let ttl = state.settings.auth.session_ttl_seconds;

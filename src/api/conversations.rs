@@ -4,13 +4,14 @@
 //! which also does not reveal that it exists.
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::{ApiError, ErrorBody};
+use super::json::ApiPath;
 use crate::app::AppState;
 use crate::auth::Auth;
 use crate::config::Channel;
@@ -108,7 +109,7 @@ async fn list_conversations(
 async fn get_conversation(
     auth: Auth,
     State(state): State<AppState>,
-    Path(id): Path<i64>,
+    ApiPath(id): ApiPath<i64>,
 ) -> Result<Json<ConversationDetail>, ApiError> {
     state
         .store

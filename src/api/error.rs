@@ -44,10 +44,16 @@ pub enum ApiError {
     UnsupportedMediaType,
     #[error("{0}")]
     Conflict(String),
-    #[error("too many requests; retry in {} s", retry_after.as_secs().max(1))]
+    #[error("too many requests; retry in {} s", retry_seconds(*retry_after))]
     RateLimited { retry_after: Duration },
     #[error("{0}")]
     BadRequest(String),
+    #[error("the server is busy; retry in a moment")]
+    Busy,
+    #[error("this method is not allowed here")]
+    MethodNotAllowed,
+    #[error("the request took too long")]
+    Timeout,
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -72,6 +78,9 @@ impl ApiError {
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Busy => StatusCode::SERVICE_UNAVAILABLE,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Timeout => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -88,8 +97,16 @@ impl ApiError {
             Self::Conflict(_) => "conflict",
             Self::RateLimited { .. } => "rate_limited",
             Self::Internal(_) => "internal",
+            Self::Busy => "busy",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::Timeout => "timeout",
         }
     }
+}
+
+/// Whole seconds, rounded up: a client that waits this long is let in.
+fn retry_seconds(wait: Duration) -> u64 {
+    (wait.as_secs_f64().ceil() as u64).max(1)
 }
 
 impl From<StoreError> for ApiError {
@@ -122,9 +139,14 @@ impl IntoResponse for ApiError {
         };
         let mut response = (status, Json(body)).into_response();
         if let Self::RateLimited { retry_after } = &self
-            && let Ok(value) = HeaderValue::from_str(&retry_after.as_secs().max(1).to_string())
+            && let Ok(value) = HeaderValue::from_str(&retry_seconds(*retry_after).to_string())
         {
             response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+        if let Self::Busy = &self {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         if let Self::Unauthorized = &self {
             response

@@ -93,9 +93,20 @@ async fn readyz(State(state): State<AppState>) -> Response {
 async fn metrics_text(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: axum::http::HeaderMap,
 ) -> Result<Response, ApiError> {
     if !state.settings.http.metrics_public && !peer.ip().is_loopback() {
         return Err(ApiError::Forbidden);
+    }
+    if let Some(token) = &state.settings.http.metrics_token {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        // Compared as hashes, so the time taken says nothing about the token.
+        if given.map(crate::auth::token_hash) != Some(crate::auth::token_hash(token)) {
+            return Err(ApiError::Unauthorized);
+        }
     }
     let handle = metrics_handle();
     handle.run_upkeep();

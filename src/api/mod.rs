@@ -103,10 +103,16 @@ pub fn router(state: AppState) -> Router {
                 async move { axum::Json(doc.as_ref().clone()) }
             }),
         )
+        .route("/ws/chat", axum::routing::get(crate::ws::chat::chat_socket))
+        .route("/ws/operator", axum::routing::get(crate::ws::operator::operator_socket))
+        .route("/ws/supervisor", axum::routing::get(crate::ws::supervisor::supervisor_socket))
+        .merge(crate::web::router())
         .fallback(|| async { ApiError::NotFound("route") })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .with_state(state)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn(record_metrics))
+        .layer(middleware::from_fn(json_errors_and_headers))
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, timeout))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(
@@ -120,6 +126,7 @@ pub fn router(state: AppState) -> Router {
             }),
         )
         .layer(SetRequestIdLayer::new(request_id, NextRequestId::default()))
+        .layer(middleware::map_request(drop_bad_request_id))
 }
 
 /// Request ids: a random per-process prefix and a counter, unique across a
@@ -147,6 +154,49 @@ impl MakeRequestId for NextRequestId {
             .ok()
             .map(RequestId::new)
     }
+}
+
+/// A client's `x-request-id` is kept only when it is short and plain, so it
+/// cannot flood or forge log lines.
+async fn drop_bad_request_id(mut request: Request) -> Request {
+    let bad = request.headers().get("x-request-id").is_some_and(|v| {
+        let v = v.as_bytes();
+        v.is_empty()
+            || v.len() > 64
+            || !v
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(b))
+    });
+    if bad {
+        request.headers_mut().remove("x-request-id");
+    }
+    request
+}
+
+/// Errors made by layers rather than handlers (timeouts) come without a
+/// body: give them ours. API answers are never cached, and no response is
+/// sniffed into another type.
+async fn json_errors_and_headers(request: Request, next: Next) -> Response {
+    let api = request.uri().path().starts_with("/api/");
+    let mut response = next.run(request).await;
+    let bare = !response
+        .headers()
+        .contains_key(axum::http::header::CONTENT_TYPE);
+    if bare && response.status() == StatusCode::REQUEST_TIMEOUT {
+        response = ApiError::Timeout.into_response();
+    }
+    let headers = response.headers_mut();
+    headers.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    if api && !headers.contains_key(axum::http::header::CACHE_CONTROL) {
+        headers.insert(
+            axum::http::header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        );
+    }
+    response
 }
 
 async fn record_metrics(request: Request, next: Next) -> Response {

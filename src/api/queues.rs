@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use chrono::{TimeZone, Utc};
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -11,6 +11,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::{ApiError, ErrorBody};
+use super::json::ApiPath;
 use crate::app::AppState;
 use crate::auth::Auth;
 use crate::config::Queue;
@@ -122,7 +123,7 @@ async fn list_queues(
 async fn get_queue(
     auth: Auth,
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<QueueView>, ApiError> {
     match state.settings.queues.get(&id) {
         Some(queue) if queue_visible(&auth.scope, queue) => Ok(Json(view(&state, &id, queue)?)),

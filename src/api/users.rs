@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Deserialize;
 use utoipa::ToSchema;
@@ -13,10 +13,11 @@ use utoipa_axum::routes;
 
 use super::error::{ApiError, ErrorBody};
 use super::json::ApiJson;
+use super::json::ApiPath;
 use crate::app::AppState;
 use crate::auth::{self, AdminAuth};
 use crate::config::{Channel, Settings};
-use crate::store::{AuditEntry, NewUser, Role, User, UserChanges};
+use crate::store::{AuditEntry, NewUser, Role, Scope, User, UserChanges};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -62,6 +63,7 @@ pub struct UpdateUser {
 /// Checks a username's shape; shared with the `ccu user add` command.
 pub fn validate_username(username: &str) -> Result<(), ApiError> {
     let ok = (3..=64).contains(&username.len())
+        && username.bytes().any(|b| b.is_ascii_lowercase())
         && username.bytes().all(|b| {
             b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
         });
@@ -70,13 +72,17 @@ pub fn validate_username(username: &str) -> Result<(), ApiError> {
     } else {
         Err(ApiError::validation(
             "username",
-            "3-64 characters: lowercase letters, digits, '.', '_' or '-'",
+            "3-64 characters: lowercase letters, digits, '.', '_' or '-', with at least one letter",
         ))
     }
 }
 
 pub fn validate_password(settings: &Settings, password: &str) -> Result<(), ApiError> {
-    let chars = password.chars().count();
+    // Spaces and control characters do not count towards the length.
+    let chars = password
+        .chars()
+        .filter(|c| !c.is_whitespace() && !c.is_control())
+        .count();
     if chars < settings.auth.min_password_length || password.len() > 1024 {
         return Err(ApiError::validation(
             "password",
@@ -89,9 +95,15 @@ pub fn validate_password(settings: &Settings, password: &str) -> Result<(), ApiE
     Ok(())
 }
 
-fn validate_display_name(name: &str) -> Result<(), ApiError> {
+pub fn validate_display_name(name: &str) -> Result<(), ApiError> {
     let chars = name.trim().chars().count();
-    if chars == 0 || chars > 100 || name.chars().any(char::is_control) {
+    // Control characters, and the invisible format ones (bidi overrides,
+    // zero-width joiners) that make one name look like another.
+    let invisible = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}')
+    };
+    if chars == 0 || chars > 100 || name.chars().any(invisible) {
         return Err(ApiError::validation(
             "display_name",
             "1-100 characters, no control characters",
@@ -158,11 +170,42 @@ pub fn validate_profile(
     Ok(())
 }
 
-async fn hash(password: String) -> Result<String, ApiError> {
+async fn hash(state: &AppState, password: String) -> Result<String, ApiError> {
+    let _permit = state.hashing_permit().await?;
     tokio::task::spawn_blocking(move || auth::hash_password(&password))
         .await
         .map_err(|e| ApiError::Internal(e.into()))?
         .map_err(|e| ApiError::Internal(e.into()))
+}
+
+/// Whose users an admin manages: the city's admins everyone's, a company's
+/// admins their own organization's. Grants widen what a user *sees* (their
+/// conversations), never whom an admin manages, and only the city's admins
+/// may give grants: otherwise a company admin could grant themselves the
+/// city and take over its accounts.
+fn management_scope(auth: &AdminAuth) -> Scope {
+    match auth.scope {
+        Scope::All => Scope::All,
+        Scope::Organizations { .. } => Scope::Organizations {
+            organizations: vec![auth.user.organization_id.clone()],
+            assigned_to: None,
+        },
+    }
+}
+
+fn check_grants(auth: &AdminAuth, grants: Option<&[String]>) -> Result<(), ApiError> {
+    if grants.is_some_and(|g| !g.is_empty()) && auth.scope != Scope::All {
+        return Err(ApiError::Forbidden);
+    }
+    Ok(())
+}
+
+/// Removes repeated entries, keeping the first of each.
+fn dedup(list: Vec<String>) -> Vec<String> {
+    let mut seen = std::collections::BTreeSet::new();
+    list.into_iter()
+        .filter(|x| seen.insert(x.clone()))
+        .collect()
 }
 
 /// Tells the router about a new or changed user; a deactivated one goes offline.
@@ -171,7 +214,9 @@ async fn refresh_operator(state: &AppState, user: &User) {
     let profile = crate::router::operator_profile(&state.settings, router.ids(), user);
     let mut result = router.upsert_operator(profile).await;
     if result.is_ok() && !user.active {
-        result = router.presence(user.id, ccu_routing::Presence::Offline).await;
+        result = router
+            .presence(user.id, ccu_routing::Presence::Offline)
+            .await;
     }
     if let Err(err) = result {
         tracing::warn!(%err, user = user.id, "the router did not take the user change");
@@ -188,7 +233,9 @@ async fn list_users(
     auth: AdminAuth,
     State(state): State<AppState>,
 ) -> Result<Json<Vec<User>>, ApiError> {
-    Ok(Json(state.store.list_users(&auth.scope).await?))
+    Ok(Json(
+        state.store.list_users(&management_scope(&auth)).await?,
+    ))
 }
 
 /// Creates a user in one of the admin's organizations.
@@ -221,24 +268,20 @@ async fn create_user(
             "unknown organization",
         ));
     }
-    if !auth.scope.allows_organization(&organization_id) {
+    if !management_scope(&auth).allows_organization(&organization_id) {
         return Err(ApiError::Forbidden);
     }
-    let languages = body.languages.unwrap_or_else(|| vec!["it".into()]);
-    validate_profile(
-        settings,
-        &body.skills,
-        &languages,
-        &body.capacity,
-        &body.grants,
-    )?;
+    check_grants(&auth, Some(&body.grants))?;
+    let grants = dedup(body.grants);
+    let languages = dedup(body.languages.unwrap_or_else(|| vec!["it".into()]));
+    validate_profile(settings, &body.skills, &languages, &body.capacity, &grants)?;
     let new = NewUser {
         username: body.username,
         display_name: body.display_name.trim().to_owned(),
-        password_hash: hash(body.password).await?,
+        password_hash: hash(&state, body.password).await?,
         role: body.role,
         organization_id,
-        grants: body.grants,
+        grants,
         skills: body.skills,
         languages,
         capacity: body.capacity,
@@ -264,7 +307,7 @@ async fn create_user(
 
 async fn visible_user(state: &AppState, auth: &AdminAuth, id: i64) -> Result<User, ApiError> {
     match state.store.get_user(id).await? {
-        Some(user) if auth.scope.allows_organization(&user.organization_id) => Ok(user),
+        Some(user) if management_scope(auth).allows_organization(&user.organization_id) => Ok(user),
         _ => Err(ApiError::NotFound("user")),
     }
 }
@@ -278,7 +321,7 @@ async fn visible_user(state: &AppState, auth: &AdminAuth, id: i64) -> Result<Use
 async fn get_user(
     auth: AdminAuth,
     State(state): State<AppState>,
-    Path(id): Path<i64>,
+    ApiPath(id): ApiPath<i64>,
 ) -> Result<Json<User>, ApiError> {
     Ok(Json(visible_user(&state, &auth, id).await?))
 }
@@ -297,7 +340,7 @@ async fn get_user(
 async fn update_user(
     auth: AdminAuth,
     State(state): State<AppState>,
-    Path(id): Path<i64>,
+    ApiPath(id): ApiPath<i64>,
     ApiJson(body): ApiJson<UpdateUser>,
 ) -> Result<Json<User>, ApiError> {
     let current = visible_user(&state, &auth, id).await?;
@@ -305,14 +348,24 @@ async fn update_user(
     if let Some(name) = &body.display_name {
         validate_display_name(name)?;
     }
-    if id == auth.user.id
-        && (body.active == Some(false) || body.role.is_some_and(|r| r != Role::Admin))
-    {
+    if id == auth.user.id && body.active == Some(false) {
         return Err(ApiError::validation(
-            "role",
-            "you cannot demote or deactivate yourself",
+            "active",
+            "you cannot deactivate yourself",
         ));
     }
+    if id == auth.user.id && body.role.is_some_and(|r| r != Role::Admin) {
+        return Err(ApiError::validation("role", "you cannot demote yourself"));
+    }
+    // Grants: only the city's admins, and never on oneself.
+    if body.grants.is_some() && (auth.scope != Scope::All || id == auth.user.id) {
+        return Err(ApiError::Forbidden);
+    }
+    let body = UpdateUser {
+        grants: body.grants.map(dedup),
+        languages: body.languages.map(dedup),
+        ..body
+    };
     validate_profile(
         settings,
         body.skills.as_ref().unwrap_or(&current.skills),
@@ -323,7 +376,7 @@ async fn update_user(
     let password_hash = match body.password {
         Some(password) => {
             validate_password(settings, &password)?;
-            Some(hash(password).await?)
+            Some(hash(&state, password).await?)
         }
         None => None,
     };
@@ -352,7 +405,16 @@ async fn update_user(
                 address: None,
                 action: "user_updated",
                 target: Some(user.username.clone()),
-                detail: serde_json::json!({ "password_changed": changes.password_hash.is_some() }),
+                detail: serde_json::json!({
+                    "password_changed": changes.password_hash.is_some(),
+                    "display_name": changes.display_name,
+                    "role": changes.role,
+                    "grants": changes.grants,
+                    "skills": changes.skills,
+                    "languages": changes.languages,
+                    "capacity": changes.capacity,
+                    "active": changes.active,
+                }),
             },
             now,
         )
@@ -371,7 +433,7 @@ async fn update_user(
 async fn deactivate_user(
     auth: AdminAuth,
     State(state): State<AppState>,
-    Path(id): Path<i64>,
+    ApiPath(id): ApiPath<i64>,
 ) -> Result<StatusCode, ApiError> {
     let user = visible_user(&state, &auth, id).await?;
     if user.id == auth.user.id {

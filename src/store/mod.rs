@@ -85,19 +85,56 @@ macro_rules! bind_all {
     }};
 }
 
+mod chat;
+pub use chat::{Contact, OpenOffer};
+
 pub mod mail; // e-mail channel (issue 6)
 
 fn migrations(backend: &str) -> Vec<Migration> {
     let files: &[(i64, &str, &str)] = match backend {
         "sqlite" => &[
-            (1, "foundation", include_str!("../../migrations/sqlite/0001_foundation.sql")),
-            (2, "presence", include_str!("../../migrations/sqlite/0002_presence.sql")),
-            (3, "mail", include_str!("../../migrations/sqlite/0003_mail.sql")),
+            (
+                1,
+                "foundation",
+                include_str!("../../migrations/sqlite/0001_foundation.sql"),
+            ),
+            (
+                2,
+                "presence",
+                include_str!("../../migrations/sqlite/0002_presence.sql"),
+            ),
+            (
+                3,
+                "mail",
+                include_str!("../../migrations/sqlite/0003_mail.sql"),
+            ),
+            (
+                4,
+                "chat",
+                include_str!("../../migrations/sqlite/0004_chat.sql"),
+            ),
         ],
         _ => &[
-            (1, "foundation", include_str!("../../migrations/postgres/0001_foundation.sql")),
-            (2, "presence", include_str!("../../migrations/postgres/0002_presence.sql")),
-            (3, "mail", include_str!("../../migrations/postgres/0003_mail.sql")),
+            (
+                1,
+                "foundation",
+                include_str!("../../migrations/postgres/0001_foundation.sql"),
+            ),
+            (
+                2,
+                "presence",
+                include_str!("../../migrations/postgres/0002_presence.sql"),
+            ),
+            (
+                3,
+                "mail",
+                include_str!("../../migrations/postgres/0003_mail.sql"),
+            ),
+            (
+                4,
+                "chat",
+                include_str!("../../migrations/postgres/0004_chat.sql"),
+            ),
         ],
     };
     files
@@ -914,17 +951,19 @@ impl Store {
         queue_id: &str,
         offered_at: i64,
         expires_at: i64,
+        router_offer_id: i64,
     ) -> Result<i64> {
-        let insert = "INSERT INTO offers (conversation_id, operator_id, queue_id, offered_at, expires_at) \
-                      VALUES ($1, $2, $3, $4, $5) RETURNING id";
-        let state = "UPDATE conversations SET state = $1, updated_at = $2 WHERE id = $3 AND state = $4";
+        let insert = "INSERT INTO offers (conversation_id, operator_id, queue_id, offered_at, expires_at, router_offer_id) \
+                      VALUES ($1, $2, $3, $4, $5, $6) RETURNING id";
+        let state =
+            "UPDATE conversations SET state = $1, updated_at = $2 WHERE id = $3 AND state = $4";
         let event = "INSERT INTO conversation_events (conversation_id, at, kind, queue_id, operator_id, data) \
                      VALUES ($1, $2, 'offered', $3, $4, $5)";
         let data = serde_json::json!({ "expires_at": expires_at }).to_string();
         let id: i64 = with_pool!(self, pool => {
             let mut tx = pool.begin().await?;
             let id: i64 = sqlx::query_scalar(insert).bind(conversation_id).bind(operator_id).bind(queue_id)
-                .bind(offered_at).bind(expires_at).fetch_one(&mut *tx).await?;
+                .bind(offered_at).bind(expires_at).bind(router_offer_id).fetch_one(&mut *tx).await?;
             sqlx::query(state).bind(ConversationState::Offered.as_str()).bind(offered_at).bind(conversation_id)
                 .bind(ConversationState::Queued.as_str()).execute(&mut *tx).await?;
             sqlx::query(event).bind(conversation_id).bind(offered_at).bind(queue_id).bind(operator_id)
@@ -937,7 +976,8 @@ impl Store {
 
     /// Settles an open offer: `accepted`, `declined`, `missed` or `withdrawn`.
     pub async fn close_offer(&self, offer_id: i64, outcome: &str, now: i64) -> Result<()> {
-        let sql = "UPDATE offers SET outcome = $1, decided_at = $2 WHERE id = $3 AND outcome IS NULL";
+        let sql =
+            "UPDATE offers SET outcome = $1, decided_at = $2 WHERE id = $3 AND outcome IS NULL";
         with_pool!(self, pool => {
             sqlx::query(sql).bind(outcome).bind(now).bind(offer_id).execute(pool).await?;
         });

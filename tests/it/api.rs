@@ -359,3 +359,41 @@ async fn conversations_are_listed_with_filters_and_pages_and_read_with_their_his
         "Buongiorno, mi serve un certificato"
     );
 }
+
+#[tokio::test]
+async fn bad_path_parameters_and_wrong_methods_get_json_errors() {
+    let app = spawn_app().await;
+    for path in [
+        "/api/v1/users/abc",
+        "/api/v1/users/99999999999999999999",
+        "/api/v1/conversations/-x",
+    ] {
+        let response = app.get(path, &app.admin_token).await;
+        assert_eq!(response.status(), 404, "{path}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["code"], "not_found", "{path}");
+    }
+    let response = app
+        .client
+        .delete(app.url("/api/v1/queues"))
+        .bearer_auth(&app.admin_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 405);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["code"], "method_not_allowed");
+    // API answers are never cached and never sniffed.
+    let me = app.get("/api/v1/me", &app.admin_token).await;
+    assert_eq!(me.headers()["cache-control"], "no-store");
+    assert_eq!(me.headers()["x-content-type-options"], "nosniff");
+    // An oversized or odd request id is replaced, not logged as sent.
+    let response = app
+        .client
+        .get(app.url("/healthz"))
+        .header("x-request-id", "x".repeat(300))
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(response.headers()["x-request-id"].len(), 300);
+}

@@ -160,8 +160,8 @@ async fn repeated_failures_throttle_the_username_even_with_the_right_password() 
 #[tokio::test]
 async fn one_address_trying_many_usernames_is_throttled() {
     let app = spawn_app_with(&[("auth.login_attempts_per_address", json!(4))]).await;
-    // spawn_app's own admin login used one attempt.
-    for n in 0..3 {
+    // spawn_app's own admin login succeeded, so it does not count.
+    for n in 0..4 {
         let status = app
             .login_response(&format!("utente{n}"), "qualsiasi cosa")
             .await
@@ -219,4 +219,87 @@ async fn a_password_change_by_the_admin_ends_the_old_sessions() {
     assert_eq!(response.status(), 200);
     assert_eq!(app.get("/api/v1/me", &token).await.status(), 401);
     app.login("marta", "un'altra password lunga").await;
+}
+
+#[tokio::test]
+async fn concurrent_guesses_cannot_slip_past_the_per_user_limit() {
+    let app = spawn_app_with(&[("auth.login_failures_per_user", json!(3))]).await;
+    app.user("bersaglio", "operator", "comune").await;
+    let guesses = (0..12).map(|n| {
+        let app = &app;
+        async move {
+            app.login_response("bersaglio", &format!("tentativo numero {n}"))
+                .await
+                .status()
+        }
+    });
+    let statuses = futures_util::future::join_all(guesses).await;
+    let wrong = statuses.iter().filter(|s| s.as_u16() == 401).count();
+    let limited = statuses.iter().filter(|s| s.as_u16() == 429).count();
+    assert!(wrong <= 3, "{statuses:?}");
+    assert_eq!(wrong + limited, 12, "{statuses:?}");
+}
+
+#[tokio::test]
+async fn one_address_cannot_lock_a_user_out_for_everyone_and_success_does_not_count() {
+    let app = spawn_app_with(&[
+        ("auth.login_failures_per_user", json!(3)),
+        ("auth.login_attempts_per_address", json!(3)),
+        ("http.trust_forwarded_for", json!(true)),
+    ])
+    .await;
+    app.user("vittima", "operator", "comune").await;
+    let login_from = |address: &'static str, password: &'static str| {
+        let app = &app;
+        async move {
+            app.client
+                .post(app.url("/api/v1/auth/login"))
+                .header("x-forwarded-for", address)
+                .json(&json!({ "username": "vittima", "password": password }))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    for _ in 0..3 {
+        assert_eq!(login_from("10.0.0.66", "sbagliata sbagliata").await, 401);
+    }
+    assert_eq!(
+        login_from("10.0.0.66", "una password lunga e sicura").await,
+        429
+    );
+    // From the operator's own desk the right password still works, many times:
+    // successful logins do not use up the address's budget.
+    for _ in 0..5 {
+        assert_eq!(
+            login_from("10.0.0.7", "una password lunga e sicura").await,
+            200
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_client_trickling_its_headers_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app_with(&[("http.header_read_timeout_seconds", json!(1))]).await;
+    let mut stream = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    // The server closes the connection (possibly after a 408) instead of waiting for ever.
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        stream.read_to_end(&mut buf),
+    )
+    .await;
+    assert!(read.is_ok(), "the connection must be closed by the server");
+    let text = String::from_utf8_lossy(&buf);
+    assert!(
+        text.is_empty() || text.starts_with("HTTP/1.1 408"),
+        "{text}"
+    );
 }

@@ -274,3 +274,65 @@ async fn a_company_admin_manages_only_the_company_users() {
     let ids: Vec<&str> = queues.iter().map(|q| q["id"].as_str().unwrap()).collect();
     assert_eq!(ids, ["acqua_rifiuti"]);
 }
+
+#[tokio::test]
+async fn a_company_admin_cannot_grant_another_organization_to_anyone() {
+    let app = spawn_app().await;
+    let (company_admin_id, company_admin) = app.user("admin.mobilita", "admin", "mobilita").await;
+    let (operator_id, _) = app.user("op.mobilita", "operator", "mobilita").await;
+    // Not to themselves...
+    let response = app
+        .client
+        .patch(app.url(&format!("/api/v1/users/{company_admin_id}")))
+        .bearer_auth(&company_admin)
+        .json(&json!({ "grants": ["comune"] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+    // ...nor to one of their users, nor to a new one.
+    let response = app
+        .client
+        .patch(app.url(&format!("/api/v1/users/{operator_id}")))
+        .bearer_auth(&company_admin)
+        .json(&json!({ "grants": ["comune"] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+    let response = app
+        .post(
+            "/api/v1/users",
+            &company_admin,
+            &json!({"username": "complice", "display_name": "Complice", "password": "una password lunga e sicura",
+                    "role": "admin", "organization_id": "mobilita", "grants": ["comune"]}),
+        )
+        .await;
+    assert_eq!(response.status(), 403);
+    // The city's admin (id 1) stays out of reach.
+    let response = app
+        .client
+        .patch(app.url("/api/v1/users/1"))
+        .bearer_auth(&company_admin)
+        .json(&json!({ "password": "presa del comune 2026" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+    // The city's admin may grant, and repeated entries are stored once.
+    let response = app
+        .client
+        .patch(app.url(&format!("/api/v1/users/{operator_id}")))
+        .bearer_auth(&app.admin_token)
+        .json(&json!({ "grants": ["acque", "acque"], "languages": ["it", "it", "en"] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let user: Value = response.json().await.unwrap();
+    assert_eq!(user["grants"], json!(["acque"]));
+    assert_eq!(user["languages"], json!(["it", "en"]));
+    // A grant lets the operator see more, but does not let an admin manage more.
+    let audit = app.store().recent_audit(1).await.unwrap();
+    assert_eq!(audit[0].0, "user_updated");
+}

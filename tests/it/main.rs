@@ -13,3 +13,4 @@ mod helpers;
 mod process;
 mod routing;
 mod store_suite;
+mod ws;

@@ -151,6 +151,7 @@ async fn sigterm_lets_an_in_flight_request_finish_then_exits_cleanly() {
     stream.flush().await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
 
+    let addr = server.addr;
     let pid = server.child.id().to_string();
     assert!(
         Command::new("kill")
@@ -178,7 +179,8 @@ async fn sigterm_lets_an_in_flight_request_finish_then_exits_cleanly() {
     .await
     .unwrap();
     assert!(status.success(), "{status:?}");
-    // New connections are refused after shutdown.
+    // And nothing listens any more.
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }
 
 #[test]

@@ -1,0 +1,341 @@
+//! The chat, console and dashboard protocols over real WebSockets
+//! (docs/websocket.md).
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message as Frame;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use crate::helpers::*;
+
+type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+struct Ws {
+    socket: Socket,
+}
+
+impl Ws {
+    async fn open(app: &TestApp, path: &str, token: Option<&str>) -> Result<Ws, u16> {
+        let mut request = format!("ws://{}{path}", app.addr)
+            .into_client_request()
+            .unwrap();
+        if let Some(token) = token {
+            request
+                .headers_mut()
+                .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        }
+        match tokio_tungstenite::connect_async(request).await {
+            Ok((socket, _)) => Ok(Ws { socket }),
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                Err(response.status().as_u16())
+            }
+            Err(other) => panic!("{other}"),
+        }
+    }
+
+    async fn send(&mut self, value: Value) {
+        self.socket
+            .send(Frame::Text(value.to_string().into()))
+            .await
+            .unwrap();
+    }
+
+    /// The next frame of `kind`, skipping others (10 s at most).
+    async fn expect(&mut self, kind: &str) -> Value {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match self.socket.next().await {
+                    Some(Ok(Frame::Text(text))) => {
+                        let value: Value = serde_json::from_str(&text).unwrap();
+                        if value["type"] == kind {
+                            return value;
+                        }
+                    }
+                    Some(Ok(_)) => continue,
+                    other => panic!("socket ended waiting for {kind}: {other:?}"),
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no {kind} frame within 10 s"))
+    }
+}
+
+async fn chat_app() -> TestApp {
+    spawn_app_with(&[
+        ("queues.urp.schedule", json!("h24")),
+        ("queues.urp.holidays", json!(false)),
+        ("queues.urp.wrap_up_seconds", json!(0)),
+    ])
+    .await
+}
+
+/// An operator on the console, available, who has accepted the next offer.
+async fn operator_with_chat(app: &TestApp, name: &str) -> (Ws, i64) {
+    let (_, token) = app.user(name, "operator", "comune").await;
+    let mut console = Ws::open(app, "/ws/operator", Some(&token)).await.unwrap();
+    console.expect("hello").await;
+    console
+        .send(json!({"type": "presence", "presence": "available"}))
+        .await;
+    let offer = console.expect("offer").await;
+    console
+        .send(json!({"type": "accept", "offer": offer["offer"]}))
+        .await;
+    let assigned = console.expect("assigned").await;
+    let id = assigned["conversation"]["conversation"]["id"]
+        .as_i64()
+        .unwrap();
+    (console, id)
+}
+
+#[tokio::test]
+async fn a_chat_goes_both_ways_and_every_message_is_acknowledged_after_it_is_stored() {
+    let app = chat_app().await;
+    let mut citizen = Ws::open(&app, "/ws/chat", None).await.unwrap();
+    citizen
+        .send(json!({"type": "start", "topic": "urp", "language": "it", "name": "Maria", "email": "maria@example.it"}))
+        .await;
+    let started = citizen.expect("started").await;
+    assert!(started["reference"].as_str().unwrap().starts_with("URP-"));
+    let (mut console, conversation) = operator_with_chat(&app, "anna.verdi").await;
+    assert_eq!(conversation, started["conversation_id"].as_i64().unwrap());
+    assert_eq!(citizen.expect("assigned").await["operator"], "anna.verdi");
+
+    let payload = "<img src=x onerror=alert(1)> serve il certificato";
+    citizen
+        .send(json!({"type": "message", "client_id": "c-1", "text": payload}))
+        .await;
+    let ack = citizen.expect("ack").await;
+    let stored = app
+        .store()
+        .message(ack["id"].as_i64().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        stored.body, payload,
+        "stored exactly as written: it is data, not markup"
+    );
+    let seen = console.expect("message").await;
+    assert_eq!(seen["text"], payload);
+
+    console
+        .send(json!({"type": "message", "conversation_id": conversation, "client_id": "o-1", "text": "Buongiorno Maria"}))
+        .await;
+    console.expect("ack").await;
+    let reply = citizen.expect("message").await;
+    assert_eq!(
+        (reply["from"].as_str(), reply["text"].as_str()),
+        (Some("operator"), Some("Buongiorno Maria"))
+    );
+
+    console
+        .send(json!({"type": "end", "conversation_id": conversation}))
+        .await;
+    assert_eq!(citizen.expect("ended").await["by"], "operator");
+    citizen
+        .send(json!({"type": "rating", "score": 5, "comment": "gentilissima"}))
+        .await;
+    citizen.expect("rated").await;
+    assert_eq!(
+        app.store().rating(conversation).await.unwrap(),
+        Some((5, Some("gentilissima".into())))
+    );
+}
+
+#[tokio::test]
+async fn a_citizen_who_reconnects_gets_every_missed_message_once_and_in_order() {
+    let app = chat_app().await;
+    let mut citizen = Ws::open(&app, "/ws/chat", None).await.unwrap();
+    citizen
+        .send(json!({"type": "start", "topic": "urp", "language": "it"}))
+        .await;
+    let token = citizen.expect("started").await["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (mut console, conversation) = operator_with_chat(&app, "luca.neri").await;
+    citizen
+        .send(json!({"type": "message", "client_id": "c-1", "text": "prima"}))
+        .await;
+    let first = citizen.expect("ack").await["id"].as_i64().unwrap();
+    console.expect("message").await;
+    drop(citizen);
+
+    for (n, text) in ["uno", "due", "tre"].iter().enumerate() {
+        console
+            .send(json!({"type": "message", "conversation_id": conversation, "client_id": format!("o-{n}"), "text": text}))
+            .await;
+        console.expect("ack").await;
+    }
+    let mut back = Ws::open(&app, "/ws/chat", None).await.unwrap();
+    back.send(json!({"type": "resume", "token": token, "last_id": first}))
+        .await;
+    back.expect("resumed").await;
+    let mut replayed = Vec::new();
+    for _ in 0..3 {
+        replayed.push(
+            back.expect("message").await["text"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    assert_eq!(replayed, ["uno", "due", "tre"]);
+    // A retry of a message the server already has is stored once.
+    back.send(json!({"type": "message", "client_id": "c-1", "text": "prima"}))
+        .await;
+    assert_eq!(back.expect("ack").await["id"].as_i64().unwrap(), first);
+    let detail = app
+        .store()
+        .get_conversation(&ccu::store::Scope::All, conversation)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(detail.messages.len(), 4);
+    // A forged token resumes nothing.
+    let mut stranger = Ws::open(&app, "/ws/chat", None).await.unwrap();
+    stranger
+        .send(json!({"type": "resume", "token": "not-a-token"}))
+        .await;
+    assert_eq!(stranger.expect("error").await["field"], "token");
+}
+
+#[tokio::test]
+async fn bad_chat_input_gets_clear_errors_and_floods_are_limited() {
+    let app = spawn_app_with(&[
+        ("public.chat_starts_per_address", json!(2)),
+        ("queues.urp.schedule", json!("h24")),
+        ("queues.urp.holidays", json!(false)),
+    ])
+    .await;
+    let mut citizen = Ws::open(&app, "/ws/chat", None).await.unwrap();
+    citizen
+        .send(json!({"type": "message", "client_id": "x", "text": "prima di iniziare"}))
+        .await;
+    assert_eq!(citizen.expect("error").await["code"], "bad_request");
+    citizen
+        .socket
+        .send(Frame::Text("{not json".into()))
+        .await
+        .unwrap();
+    assert_eq!(citizen.expect("error").await["code"], "bad_request");
+    let cases = [
+        (json!({"type": "start", "topic": "astrologia"}), "topic"),
+        (
+            json!({"type": "start", "topic": "urp", "email": "non-una-mail"}),
+            "email",
+        ),
+        (
+            json!({"type": "start", "topic": "urp", "website": "http://spam.example"}),
+            "website",
+        ),
+        (
+            json!({"type": "start", "topic": "urp", "language": "xx"}),
+            "language",
+        ),
+    ];
+    for (frame, field) in cases {
+        citizen.send(frame).await;
+        let error = citizen.expect("error").await;
+        if error["code"] == "rate_limited" {
+            continue;
+        }
+        assert_eq!(error["field"], field);
+    }
+    // The budget of two starts per address is spent by now.
+    citizen.send(json!({"type": "start", "topic": "urp"})).await;
+    assert_eq!(citizen.expect("error").await["code"], "rate_limited");
+    // An oversized frame closes the socket instead of being buffered.
+    let huge = json!({"type": "message", "client_id": "x", "text": "a".repeat(40_000)}).to_string();
+    let _ = citizen.socket.send(Frame::Text(huge.into())).await;
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match citizen.socket.next().await {
+                Some(Ok(Frame::Close(_))) | None | Some(Err(_)) => return true,
+                _ => continue,
+            }
+        }
+    })
+    .await;
+    assert_eq!(closed, Ok(true));
+}
+
+#[tokio::test]
+async fn the_consoles_refuse_strangers_lesser_roles_and_other_sites() {
+    let app = spawn_app().await;
+    let (_, operator) = app.user("solo.operatore", "operator", "comune").await;
+    assert_eq!(Ws::open(&app, "/ws/operator", None).await.err(), Some(401));
+    assert_eq!(
+        Ws::open(&app, "/ws/supervisor", None).await.err(),
+        Some(401)
+    );
+    assert_eq!(
+        Ws::open(&app, "/ws/supervisor", Some(&operator))
+            .await
+            .err(),
+        Some(403)
+    );
+    assert!(
+        Ws::open(&app, "/ws/operator", Some(&operator))
+            .await
+            .is_ok()
+    );
+    // A page on another site cannot ride the operator's cookie.
+    let mut request = format!("ws://{}/ws/operator", app.addr)
+        .into_client_request()
+        .unwrap();
+    request
+        .headers_mut()
+        .insert("cookie", format!("ccu_session={operator}").parse().unwrap());
+    request
+        .headers_mut()
+        .insert("origin", "https://evil.example".parse().unwrap());
+    match tokio_tungstenite::connect_async(request).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 403)
+        }
+        other => panic!("expected 403, got {:?}", other.map(|_| ())),
+    }
+}
+
+#[tokio::test]
+async fn the_dashboard_sees_a_new_waiting_chat_within_a_second() {
+    let app = chat_app().await;
+    let (_, supervisor) = app.user("capo.turno", "supervisor", "comune").await;
+    let mut dashboard = Ws::open(&app, "/ws/supervisor", Some(&supervisor))
+        .await
+        .unwrap();
+    let first = dashboard.expect("snapshot").await;
+    let waiting = |snapshot: &Value| {
+        snapshot["queues"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|q| q["id"] == "urp")
+            .unwrap()["waiting"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!(waiting(&first), 0);
+    let mut citizen = Ws::open(&app, "/ws/chat", None).await.unwrap();
+    citizen.send(json!({"type": "start", "topic": "urp"})).await;
+    citizen.expect("started").await;
+    let started = std::time::Instant::now();
+    loop {
+        let snapshot = dashboard.expect("snapshot").await;
+        if waiting(&snapshot) == 1 {
+            break;
+        }
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "pushed in {:?}",
+        started.elapsed()
+    );
+}
