@@ -130,12 +130,15 @@ impl Application {
     /// Everything that can fail at start fails here, before anything is served.
     pub async fn build(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<Self> {
         crate::api::health::metrics_handle();
-        std::fs::create_dir_all(&settings.data_dir)
+        crate::cli::create_data_dir(&settings.data_dir)
             .with_context(|| format!("creating data_dir {}", settings.data_dir.display()))?;
         let store = Store::connect(&settings.database_url)
             .await
             .context("opening the store (database_url)")?;
         store.migrate().await.context("applying migrations")?;
+        if let Some(path) = settings.sqlite_path() {
+            restrict_to_owner(std::path::Path::new(path));
+        }
         sync_config(&settings, &store).await?;
         bootstrap_admin(&settings, &store).await?;
         let bus = match &settings.redis_url {
@@ -371,6 +374,22 @@ async fn bootstrap_admin(settings: &Settings, store: &Store) -> anyhow::Result<(
         "no users existed: created user \"admin\"; its password is in this file (read it, log in, change it, delete the file)"
     );
     Ok(())
+}
+
+/// The SQLite files hold password hashes and citizens' data: owner only.
+fn restrict_to_owner(db: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut name = db.as_os_str().to_owned();
+        name.push(suffix);
+        let path = std::path::PathBuf::from(name);
+        if path.exists()
+            && let Err(err) =
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+        {
+            tracing::warn!(%err, path = %path.display(), "cannot restrict the database file to its owner");
+        }
+    }
 }
 
 fn write_secret(path: &std::path::Path, content: &str) -> std::io::Result<()> {

@@ -181,6 +181,14 @@ pub enum UserCommand {
         #[arg(long, required = true)]
         password_stdin: bool,
     },
+    /// Set a user's password (read from standard input) and end their
+    /// sessions: the way back in when the only admin lost the password.
+    Passwd {
+        #[arg(long)]
+        username: String,
+        #[arg(long, required = true)]
+        password_stdin: bool,
+    },
 }
 
 fn parse_skills(text: &str) -> Result<BTreeMap<String, u8>, String> {
@@ -196,7 +204,48 @@ fn parse_skills(text: &str) -> Result<BTreeMap<String, u8>, String> {
                 .map_err(|_| format!("{pair:?}: the level must be a number from 1 to 10"))?;
             Ok((skill.trim().to_owned(), level))
         })
-        .collect()
+        .try_fold(
+            BTreeMap::new(),
+            |mut skills, pair: Result<(String, u8), String>| {
+                let (skill, level) = pair?;
+                if skills.insert(skill.clone(), level).is_some() {
+                    return Err(format!("skill {skill:?} is given twice"));
+                }
+                Ok(skills)
+            },
+        )
+}
+
+/// Creates the data directory readable only by its owner: it holds the
+/// database (password hashes, citizens' data) and the first admin password.
+pub fn create_data_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if !dir.exists() {
+        std::fs::create_dir_all(dir)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
+/// Once the first admin has a password of their own, the generated one is
+/// removed from disk.
+pub fn forget_initial_password(settings: &Settings, username: &str) {
+    if username == "admin" {
+        let path = crate::app::initial_password_path(settings);
+        if path.exists() && std::fs::remove_file(&path).is_ok() {
+            tracing::info!(path = %path.display(), "removed the initial admin password file");
+        }
+    }
+}
+
+/// Reads a password from standard input: the first line, without its end.
+fn read_password() -> anyhow::Result<String> {
+    let mut input = String::new();
+    std::io::stdin()
+        .take(4096)
+        .read_to_string(&mut input)
+        .context("reading the password from standard input")?;
+    Ok(input.lines().next().unwrap_or_default().to_owned())
 }
 
 pub async fn serve(settings: Settings) -> anyhow::Result<()> {
@@ -231,8 +280,34 @@ async fn wait_for_signal() {
     let _ = ctrl_c.await;
 }
 
+async fn user_passwd(settings: Settings, username: String) -> anyhow::Result<()> {
+    let password = read_password()?;
+    if let Err(err) = validate_password(&settings, &password) {
+        bail!("{err}");
+    }
+    let store = Store::connect(&settings.database_url).await?;
+    store.migrate().await?;
+    let Some((user, _)) = store.user_for_login(&username).await? else {
+        bail!("username: no user {username:?}");
+    };
+    let hash = tokio::task::spawn_blocking(move || crate::auth::hash_password(&password)).await??;
+    let changes = crate::store::UserChanges {
+        password_hash: Some(hash),
+        ..Default::default()
+    };
+    store
+        .update_user(user.id, &changes, crate::now_ms())
+        .await?;
+    forget_initial_password(&settings, &user.username);
+    println!(
+        "password of {} changed; their sessions ended",
+        user.username
+    );
+    Ok(())
+}
+
 pub async fn migrate(settings: Settings) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&settings.data_dir)?;
+    create_data_dir(&settings.data_dir)?;
     let store = Store::connect(&settings.database_url).await?;
     store.migrate().await?;
     sync_config(&settings, &store).await?;
@@ -240,22 +315,32 @@ pub async fn migrate(settings: Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn user_add(settings: Settings, action: UserCommand) -> anyhow::Result<()> {
-    let UserCommand::Add {
-        username,
-        role,
-        organization,
-        display_name,
-        skills,
-        languages,
-        password_stdin: _,
-    } = action;
-    let mut password = String::new();
-    std::io::stdin()
-        .take(4096)
-        .read_to_string(&mut password)
-        .context("reading the password from standard input")?;
-    let password = password.trim_end_matches(['\r', '\n']).to_owned();
+pub async fn user(settings: Settings, action: UserCommand) -> anyhow::Result<()> {
+    let (username, role, organization, display_name, skills, languages) = match action {
+        UserCommand::Passwd { username, .. } => return user_passwd(settings, username).await,
+        UserCommand::Add {
+            username,
+            role,
+            organization,
+            display_name,
+            skills,
+            languages,
+            password_stdin: _,
+        } => (
+            username,
+            role,
+            organization,
+            display_name,
+            skills,
+            languages,
+        ),
+    };
+    let password = read_password()?;
+    if let Some(name) = &display_name
+        && let Err(err) = crate::api::users::validate_display_name(name)
+    {
+        bail!("{err}");
+    }
     let organization = organization.unwrap_or_else(|| settings.city_organization().to_owned());
     let skills = skills.unwrap_or_default();
     let languages = languages.unwrap_or_else(|| vec!["it".into()]);
@@ -268,7 +353,7 @@ pub async fn user_add(settings: Settings, action: UserCommand) -> anyhow::Result
     if !settings.organizations.contains_key(&organization) {
         bail!("organization: unknown organization {organization:?}");
     }
-    std::fs::create_dir_all(&settings.data_dir)?;
+    create_data_dir(&settings.data_dir)?;
     let store = Store::connect(&settings.database_url).await?;
     store.migrate().await?;
     sync_config(&settings, &store).await?;

@@ -40,7 +40,7 @@ fn main() -> ExitCode {
         match args.command.unwrap_or(Command::Serve) {
             Command::Serve => cli::serve(settings).await,
             Command::Migrate => cli::migrate(settings).await,
-            Command::User { action } => cli::user_add(settings, action).await,
+            Command::User { action } => cli::user(settings, action).await,
             Command::Simulate(_) | Command::Erlang(_) => Ok(()),
         }
     });

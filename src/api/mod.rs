@@ -13,6 +13,7 @@ pub mod error;
 pub mod health;
 pub mod json;
 pub mod queues;
+pub mod requests;
 pub mod users;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -81,6 +82,7 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .merge(users::router())
         .merge(queues::router())
         .merge(conversations::router())
+        .merge(requests::router())
 }
 
 /// The OpenAPI document (also served at `/api/openapi.json`).

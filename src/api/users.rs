@@ -397,6 +397,9 @@ async fn update_user(
         .await?
         .ok_or(ApiError::NotFound("user"))?;
     refresh_operator(&state, &user).await;
+    if changes.password_hash.is_some() {
+        crate::cli::forget_initial_password(&state.settings, &user.username);
+    }
     state
         .store
         .audit(

@@ -397,3 +397,150 @@ async fn bad_path_parameters_and_wrong_methods_get_json_errors() {
         .unwrap();
     assert_ne!(response.headers()["x-request-id"].len(), 300);
 }
+
+fn form(fields: &[(&str, &str)]) -> String {
+    serde_urlencoded::to_string(fields).unwrap()
+}
+
+#[tokio::test]
+async fn the_web_form_creates_a_request_with_a_reference_from_json_or_a_plain_html_form() {
+    let app = spawn_app().await;
+    let response = app
+        .client
+        .post(app.url("/api/v1/requests"))
+        .json(&json!({
+            "name": "Giuseppe Verdi", "email": "giuseppe@example.it", "phone": "+39 051 123456",
+            "topic": "tributi", "subject": "<script>alert(1)</script> TARI 2026",
+            "text": "Buongiorno, non ho ricevuto l'avviso TARI.", "privacy_consent": true,
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let body: Value = response.json().await.unwrap();
+    let reference = body["reference"].as_str().unwrap();
+    assert!(reference.starts_with("URP-"), "{reference}");
+    let id = body["conversation_id"].as_i64().unwrap();
+    let detail = app
+        .store()
+        .get_conversation(&ccu::store::Scope::All, id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(detail.conversation.queue_id, "tributi");
+    assert_eq!(
+        detail.conversation.subject.as_deref(),
+        Some("<script>alert(1)</script> TARI 2026")
+    );
+    assert_eq!(
+        detail.messages[0].body,
+        "Buongiorno, non ho ricevuto l'avviso TARI."
+    );
+    assert!(detail.conversation.contact_id.is_some());
+
+    // The HTML form, without JavaScript: a 303 to the thank-you page.
+    let response = app
+        .client
+        .post(app.url("/api/v1/requests"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form(&[
+            ("name", "Ada"),
+            ("email", "ada@example.it"),
+            ("topic", "anagrafe"),
+            ("subject", "Residenza"),
+            ("text", "Vorrei sapere i tempi."),
+            ("privacy_consent", "on"),
+            ("website", ""),
+        ]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 303);
+    let location = response.headers()["location"].to_str().unwrap();
+    assert!(
+        location.starts_with("/request/thanks?ref=URP-"),
+        "{location}"
+    );
+}
+
+#[tokio::test]
+async fn the_web_form_refuses_bad_input_by_field_and_escapes_it_on_its_error_page() {
+    let app = spawn_app_with(&[("public.forms_per_address", json!(20))]).await;
+    let good = json!({"name": "Ada", "email": "ada@example.it", "topic": "anagrafe", "subject": "Residenza",
+                      "text": "Tempi?", "privacy_consent": true});
+    let cases = [
+        (json!({"privacy_consent": false}), "privacy_consent"),
+        (json!({"website": "http://spam.example"}), "website"),
+        (json!({"topic": "astrologia"}), "topic"),
+        (json!({"email": "ada"}), "email"),
+        (json!({"phone": "chiamami"}), "phone"),
+        (json!({"subject": ""}), "subject"),
+        (json!({"text": "x".repeat(5000)}), "text"),
+    ];
+    for (change, field) in cases {
+        let mut body = good.clone();
+        for (k, v) in change.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        let response = app
+            .client
+            .post(app.url("/api/v1/requests"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 422, "{change}");
+        let error: Value = response.json().await.unwrap();
+        assert_eq!(error["field"], field, "{change}");
+    }
+    // The no-JavaScript error page shows the problem as text, never markup.
+    let response = app
+        .client
+        .post(app.url("/api/v1/requests"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form(&[
+            ("name", "<img src=x onerror=alert(1)>"),
+            ("email", "a@b.it"),
+            ("topic", "<b>x</b>"),
+            ("subject", "s"),
+            ("text", "t"),
+            ("privacy_consent", "on"),
+        ]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 422);
+    let page = response.text().await.unwrap();
+    assert!(page.contains("topic"), "{page}");
+    assert!(
+        !page.contains("<b>x</b>") && !page.contains("<img"),
+        "{page}"
+    );
+}
+
+#[tokio::test]
+async fn a_flood_of_forms_from_one_address_is_limited() {
+    let app = spawn_app_with(&[("public.forms_per_address", json!(2))]).await;
+    let body = json!({"name": "Ada", "email": "ada@example.it", "topic": "urp", "subject": "s", "text": "t",
+                      "privacy_consent": true});
+    for _ in 0..2 {
+        let status = app
+            .client
+            .post(app.url("/api/v1/requests"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 201);
+    }
+    let response = app
+        .client
+        .post(app.url("/api/v1/requests"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 429);
+    assert!(response.headers().contains_key("retry-after"));
+}

@@ -227,9 +227,9 @@ fn ccu_user_add_reads_the_password_from_stdin_and_ccu_migrate_works() {
         "{}",
         String::from_utf8_lossy(&migrate.stderr)
     );
-    let add = |args: &[&str], password: &str| {
+    let add_like = |args: &[&str], password: &str| {
         let mut child = command(dir.path(), &url)
-            .args(["user", "add"])
+            .arg("user")
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -244,6 +244,7 @@ fn ccu_user_add_reads_the_password_from_stdin_and_ccu_migrate_works() {
             .unwrap();
         child.wait_with_output().unwrap()
     };
+    let add = |args: &[&str], password: &str| add_like(&[&["add"][..], args].concat(), password);
     let ok = add(
         &[
             "--username",
@@ -309,6 +310,39 @@ fn ccu_user_add_reads_the_password_from_stdin_and_ccu_migrate_works() {
         assert_eq!(body["user"]["skills"]["tributi"], 5);
         // A user existed, so no admin was generated.
         assert!(!dir.path().join("initial-admin-password").exists());
+        // The database is readable by its owner only.
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("ccu.db"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "{mode:o}");
+        // A forgotten password is reset from the command line, ending sessions.
+        let passwd = add_like(
+            &["passwd", "--username", "f.bianchi", "--password-stdin"],
+            "una nuova password lunga\n",
+        );
+        assert!(
+            passwd.status.success(),
+            "{}",
+            String::from_utf8_lossy(&passwd.stderr)
+        );
+        let old = login(
+            &reqwest::Client::new(),
+            server.addr,
+            "f.bianchi",
+            "password da riga di comando",
+        )
+        .await;
+        assert_eq!(old.status(), 401);
+        let new = login(
+            &reqwest::Client::new(),
+            server.addr,
+            "f.bianchi",
+            "una nuova password lunga",
+        )
+        .await;
+        assert_eq!(new.status(), 200);
     });
 }
 
