@@ -780,19 +780,37 @@ impl Settings {
             }
         }
         positive("email.max_message_bytes", email.max_message_bytes as u64)?;
-        positive("email.max_attachment_bytes", email.max_attachment_bytes as u64)?;
-        positive("email.per_sender_per_hour", email.per_sender_per_hour.into())?;
+        positive(
+            "email.max_attachment_bytes",
+            email.max_attachment_bytes as u64,
+        )?;
+        positive(
+            "email.per_sender_per_hour",
+            email.per_sender_per_hour.into(),
+        )?;
         positive("email.relay.port", email.relay.port.into())?;
         positive("email.relay.timeout_seconds", email.relay.timeout_seconds)?;
-        positive("email.outbox.give_up_after_hours", email.outbox.give_up_after_hours)?;
+        positive(
+            "email.outbox.give_up_after_hours",
+            email.outbox.give_up_after_hours,
+        )?;
         if email.relay.password.is_some() && email.relay.username.is_none() {
-            return Err(ConfigError::new("email.relay.username", "a password needs a username"));
+            return Err(ConfigError::new(
+                "email.relay.username",
+                "a password needs a username",
+            ));
         }
         if email.tls_cert.is_some() != email.tls_key.is_some() {
-            return Err(ConfigError::new("email.tls_key", "set both tls_cert and tls_key, or neither"));
+            return Err(ConfigError::new(
+                "email.tls_key",
+                "set both tls_cert and tls_key, or neither",
+            ));
         }
         if !email.acknowledgement.contains("{reference}") {
-            return Err(ConfigError::new("email.acknowledgement", "must contain {reference}"));
+            return Err(ConfigError::new(
+                "email.acknowledgement",
+                "must contain {reference}",
+            ));
         }
         Ok(())
     }
