@@ -161,12 +161,12 @@ async function main() {
 
     // ---- chat both ways ----
     log('the operator types (the citizen sees it) and replies');
-    const reply = panel.locator('textarea');
+    const reply = panel.locator('.composer textarea');
     await reply.fill('Buongiorno Maria, ');
     await until(cit, 'the typing indicator', () => (document.getElementById('ccu-chat-typing').textContent || '').length > 0);
     await op.fill('#canned-search', 'tari');
     await op.locator('#canned-list button').filter({ hasText: 'TARI' }).first().click();
-    await until(op, 'the canned response in the reply box', () => /pagoPA/.test(document.querySelector('[role=tabpanel]:not([hidden]) textarea').value));
+    await until(op, 'the canned response in the reply box', () => /pagoPA/.test(document.querySelector('[role=tabpanel]:not([hidden]) .composer textarea').value));
     await reply.press('Enter');
     await cit.locator('#ccu-chat-messages li.ccu-w-theirs').filter({ hasText: 'pagoPA' }).waitFor({ timeout });
     await until(cit, 'the typing indicator is cleared', () => document.getElementById('ccu-chat-typing').textContent === '');
