@@ -93,23 +93,70 @@ const SVG: &str = "image/svg+xml";
 static ASSETS: LazyLock<BTreeMap<&'static str, Asset>> = LazyLock::new(|| {
     use Audience::*;
     let files: [(&str, &[u8], &str, Audience); 13] = [
-        ("index.html", include_bytes!("../web/index.html"), HTML, Staff),
-        ("console.html", include_bytes!("../web/console.html"), HTML, Staff),
-        ("dashboard.html", include_bytes!("../web/dashboard.html"), HTML, Staff),
-        ("chat.html", include_bytes!("../web/chat.html"), HTML, Citizen),
-        ("widget.js", include_bytes!("../web/widget.js"), JS, Embedded),
-        ("widget.css", include_bytes!("../web/widget.css"), CSS, Embedded),
+        (
+            "index.html",
+            include_bytes!("../web/index.html"),
+            HTML,
+            Staff,
+        ),
+        (
+            "console.html",
+            include_bytes!("../web/console.html"),
+            HTML,
+            Staff,
+        ),
+        (
+            "dashboard.html",
+            include_bytes!("../web/dashboard.html"),
+            HTML,
+            Staff,
+        ),
+        (
+            "chat.html",
+            include_bytes!("../web/chat.html"),
+            HTML,
+            Citizen,
+        ),
+        (
+            "widget.js",
+            include_bytes!("../web/widget.js"),
+            JS,
+            Embedded,
+        ),
+        (
+            "widget.css",
+            include_bytes!("../web/widget.css"),
+            CSS,
+            Embedded,
+        ),
         ("app.css", include_bytes!("../web/app.css"), CSS, Own),
         ("i18n.js", include_bytes!("../web/i18n.js"), JS, Own),
         ("login.js", include_bytes!("../web/login.js"), JS, Own),
         ("console.js", include_bytes!("../web/console.js"), JS, Own),
-        ("dashboard.js", include_bytes!("../web/dashboard.js"), JS, Own),
-        ("canned.json", include_bytes!("../web/canned.json"), JSON, Own),
-        ("favicon.svg", include_bytes!("../web/favicon.svg"), SVG, Own),
+        (
+            "dashboard.js",
+            include_bytes!("../web/dashboard.js"),
+            JS,
+            Own,
+        ),
+        (
+            "canned.json",
+            include_bytes!("../web/canned.json"),
+            JSON,
+            Own,
+        ),
+        (
+            "favicon.svg",
+            include_bytes!("../web/favicon.svg"),
+            SVG,
+            Own,
+        ),
     ];
     files
         .into_iter()
-        .map(|(name, body, content_type, audience)| (name, Asset::new(body, content_type, audience)))
+        .map(|(name, body, content_type, audience)| {
+            (name, Asset::new(body, content_type, audience))
+        })
         .collect()
 });
 
@@ -119,12 +166,30 @@ const THANKS_TEMPLATE: &str = include_str!("../web/thanks.html");
 /// The pages and files, to be merged into the API router.
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/", get(|h: HeaderMap| async move { serve("index.html", &h) }))
-        .route("/console", get(|h: HeaderMap| async move { serve("console.html", &h) }))
-        .route("/dashboard", get(|h: HeaderMap| async move { serve("dashboard.html", &h) }))
-        .route("/chat", get(|h: HeaderMap| async move { serve("chat.html", &h) }))
-        .route("/widget.js", get(|h: HeaderMap| async move { serve("widget.js", &h) }))
-        .route("/favicon.ico", get(|h: HeaderMap| async move { serve("favicon.svg", &h) }))
+        .route(
+            "/",
+            get(|h: HeaderMap| async move { serve("index.html", &h) }),
+        )
+        .route(
+            "/console",
+            get(|h: HeaderMap| async move { serve("console.html", &h) }),
+        )
+        .route(
+            "/dashboard",
+            get(|h: HeaderMap| async move { serve("dashboard.html", &h) }),
+        )
+        .route(
+            "/chat",
+            get(|h: HeaderMap| async move { serve("chat.html", &h) }),
+        )
+        .route(
+            "/widget.js",
+            get(|h: HeaderMap| async move { serve("widget.js", &h) }),
+        )
+        .route(
+            "/favicon.ico",
+            get(|h: HeaderMap| async move { serve("favicon.svg", &h) }),
+        )
         .route("/static/{file}", get(static_file))
         .route("/widget/topics", get(topics))
         .route("/request", get(request_page))
@@ -147,7 +212,10 @@ fn serve(name: &str, request: &HeaderMap) -> Response {
     let fresh = request
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|tags| tags.split(',').any(|t| t.trim() == asset.etag || t.trim() == "*"));
+        .is_some_and(|tags| {
+            tags.split(',')
+                .any(|t| t.trim() == asset.etag || t.trim() == "*")
+        });
     if fresh {
         return (StatusCode::NOT_MODIFIED, headers).into_response();
     }
@@ -157,7 +225,10 @@ fn serve(name: &str, request: &HeaderMap) -> Response {
 fn security_headers(audience: Audience, content_type: &'static str) -> HeaderMap {
     let mut headers = HeaderMap::new();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     headers.insert(
         header::REFERRER_POLICY,
         HeaderValue::from_static("strict-origin-when-cross-origin"),
@@ -170,7 +241,10 @@ fn security_headers(audience: Audience, content_type: &'static str) -> HeaderMap
         Audience::Citizen => CSP_PUBLIC,
         Audience::Embedded | Audience::Own => CSP_STRICT,
     };
-    headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(csp));
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(csp),
+    );
     let resource_policy = if audience == Audience::Embedded {
         "cross-origin"
     } else {
@@ -182,7 +256,6 @@ fn security_headers(audience: Audience, content_type: &'static str) -> HeaderMap
     );
     headers
 }
-
 
 /// A topic the chat widget offers: a queue that takes chats.
 #[derive(Serialize)]
@@ -210,7 +283,10 @@ async fn topics(State(state): State<AppState>) -> Response {
     let mut headers = security_headers(Audience::Embedded, JSON);
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     // The widget runs on other sites' pages and asks from there.
-    headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
     (headers, axum::Json(topics)).into_response()
 }
 
@@ -243,7 +319,10 @@ struct RequestQuery {
     topic: Option<String>,
 }
 
-async fn request_page(State(state): State<AppState>, Query(query): Query<RequestQuery>) -> Response {
+async fn request_page(
+    State(state): State<AppState>,
+    Query(query): Query<RequestQuery>,
+) -> Response {
     let values = RequestFormValues {
         topic: query.topic.unwrap_or_default(),
         ..Default::default()
@@ -299,7 +378,12 @@ pub fn request_form_page(
         errors
             .iter()
             .filter(|e| e.field == field)
-            .map(|e| format!("<span class=\"field-error\" id=\"e-{field}\">{}</span>", escape(&e.message)))
+            .map(|e| {
+                format!(
+                    "<span class=\"field-error\" id=\"e-{field}\">{}</span>",
+                    escape(&e.message)
+                )
+            })
             .collect()
     };
     let invalid = |field: &str| -> &'static str {
@@ -309,7 +393,11 @@ pub fn request_form_page(
             ""
         }
     };
-    let consent = if values.privacy_consent.as_deref().is_some_and(|v| !v.is_empty() && v != "false") {
+    let consent = if values
+        .privacy_consent
+        .as_deref()
+        .is_some_and(|v| !v.is_empty() && v != "false")
+    {
         " checked"
     } else {
         ""
@@ -373,7 +461,11 @@ async fn thanks_page(Query(query): Query<ThanksQuery>) -> Response {
             escape(&reference)
         )
     };
-    rendered(StatusCode::OK, THANKS_TEMPLATE.replace("{{reference}}", &shown), Audience::Citizen)
+    rendered(
+        StatusCode::OK,
+        THANKS_TEMPLATE.replace("{{reference}}", &shown),
+        Audience::Citizen,
+    )
 }
 
 fn rendered(status: StatusCode, page: String, audience: Audience) -> Response {
@@ -420,7 +512,13 @@ mod tests {
 
     #[test]
     fn templates_have_every_placeholder_they_are_filled_with() {
-        for placeholder in ["{{errors}}", "{{topics}}", "{{value.name}}", "{{value.text}}", "{{error.email}}"] {
+        for placeholder in [
+            "{{errors}}",
+            "{{topics}}",
+            "{{value.name}}",
+            "{{value.text}}",
+            "{{error.email}}",
+        ] {
             assert!(REQUEST_TEMPLATE.contains(placeholder), "{placeholder}");
         }
         assert!(THANKS_TEMPLATE.contains("{{reference}}"));
