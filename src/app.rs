@@ -39,8 +39,10 @@ pub struct Inner {
     /// a user out (that key is username and address).
     pub login_per_username: RateLimiter,
     /// argon2 takes ~19 MiB and tens of ms per hash: at most this many at
-    /// once, so a flood of logins cannot exhaust memory.
+    /// once, so a flood of logins cannot exhaust memory...
     pub hashing: tokio::sync::Semaphore,
+    /// ...on these threads (see [`auth::PasswordPool`]).
+    pub passwords: auth::PasswordPool,
     pub chat_starts: RateLimiter,
     pub chat_messages: RateLimiter,
     pub forms: RateLimiter,
@@ -57,15 +59,21 @@ impl Deref for AppState {
 }
 
 impl AppState {
-    /// A permit to run one argon2 hash or verification; waits a little,
-    /// then answers 503 rather than queueing without bound.
-    pub async fn hashing_permit(
+    /// Runs one argon2 hash or verification on the password pool: waits a
+    /// little for a turn, then answers 503 rather than queueing without bound.
+    pub async fn with_password_pool<T: Send + 'static>(
         &self,
-    ) -> Result<tokio::sync::SemaphorePermit<'_>, crate::api::error::ApiError> {
-        match tokio::time::timeout(Duration::from_secs(3), self.hashing.acquire()).await {
-            Ok(Ok(permit)) => Ok(permit),
-            _ => Err(crate::api::error::ApiError::Busy),
-        }
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, crate::api::error::ApiError> {
+        let _permit =
+            match tokio::time::timeout(Duration::from_secs(3), self.hashing.acquire()).await {
+                Ok(Ok(permit)) => permit,
+                _ => return Err(crate::api::error::ApiError::Busy),
+            };
+        self.passwords
+            .run(work)
+            .await
+            .ok_or(crate::api::error::ApiError::Busy)
     }
 
     pub fn new(
@@ -82,6 +90,10 @@ impl AppState {
         );
         let window = Duration::from_secs(settings.auth.login_window_seconds);
         let public_window = Duration::from_secs(settings.public.window_seconds);
+        let hash_threads = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+            .max(2);
         let dummy_hash = auth::hash_password(&auth::random_password(24))?;
         Ok(Self(Arc::new(Inner {
             login_per_user: RateLimiter::new(settings.auth.login_failures_per_user, window),
@@ -90,12 +102,8 @@ impl AppState {
                 settings.auth.login_failures_per_user.saturating_mul(10),
                 window,
             ),
-            hashing: tokio::sync::Semaphore::new(
-                std::thread::available_parallelism()
-                    .map(|n| n.get())
-                    .unwrap_or(2)
-                    .max(2),
-            ),
+            hashing: tokio::sync::Semaphore::new(hash_threads),
+            passwords: auth::PasswordPool::new(hash_threads)?,
             chat_starts: RateLimiter::new(settings.public.chat_starts_per_address, public_window),
             chat_messages: RateLimiter::new(
                 settings.public.chat_messages_per_address,

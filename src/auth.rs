@@ -34,7 +34,7 @@ pub enum PasswordError {
 }
 
 /// Hashes with argon2id and the crate's default (OWASP-recommended)
-/// parameters. CPU-heavy on purpose: call it from `spawn_blocking`.
+/// parameters. CPU-heavy on purpose: run it on the [`PasswordPool`].
 pub fn hash_password(password: &str) -> Result<String, PasswordError> {
     Argon2::default()
         .hash_password(password.as_bytes())
@@ -50,6 +50,55 @@ pub fn verify_password(password: &str, stored: &str) -> bool {
             .verify_password(password.as_bytes(), &hash)
             .is_ok(),
         Err(_) => false,
+    }
+}
+
+/// A few dedicated threads for argon2. Each hash takes ~19 MiB; run on
+/// tokio's blocking pool, every new pool thread would keep such a block in
+/// its own malloc arena, and a burst of logins grew the process by hundreds
+/// of MiB that it never gave back. A fixed pool bounds both the memory and
+/// the CPU that password checks can take.
+pub struct PasswordPool {
+    jobs: std::sync::mpsc::SyncSender<Box<dyn FnOnce() + Send>>,
+}
+
+impl PasswordPool {
+    pub fn new(threads: usize) -> std::io::Result<Self> {
+        let (jobs, queue) = std::sync::mpsc::sync_channel::<Box<dyn FnOnce() + Send>>(threads * 4);
+        let queue = std::sync::Arc::new(std::sync::Mutex::new(queue));
+        for n in 0..threads {
+            let queue = queue.clone();
+            std::thread::Builder::new()
+                .name(format!("ccu-argon2-{n}"))
+                .spawn(move || {
+                    loop {
+                        // The lock is held only while taking a job, not while running it.
+                        let job = match queue.lock() {
+                            Ok(queue) => queue.recv(),
+                            Err(_) => return,
+                        };
+                        match job {
+                            Ok(job) => job(),
+                            Err(_) => return,
+                        }
+                    }
+                })?;
+        }
+        Ok(Self { jobs })
+    }
+
+    /// Runs `work` on the pool; `None` if the pool is saturated or gone.
+    pub async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Option<T> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.jobs
+            .try_send(Box::new(move || {
+                let _ = reply.send(work());
+            }))
+            .ok()?;
+        answer.await.ok()
     }
 }
 

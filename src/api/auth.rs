@@ -111,12 +111,9 @@ async fn login(
         .map(|(_, hash)| hash.clone())
         .unwrap_or_else(|| state.dummy_hash.clone());
     let password = body.password;
-    let verified = {
-        let _permit = state.hashing_permit().await?;
-        tokio::task::spawn_blocking(move || auth::verify_password(&password, &stored_hash))
-            .await
-            .map_err(|e| ApiError::Internal(e.into()))?
-    };
+    let verified = state
+        .with_password_pool(move || auth::verify_password(&password, &stored_hash))
+        .await?;
     let user = match found {
         Some((user, _)) if verified && user.active => user,
         _ => {

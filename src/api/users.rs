@@ -171,10 +171,9 @@ pub fn validate_profile(
 }
 
 async fn hash(state: &AppState, password: String) -> Result<String, ApiError> {
-    let _permit = state.hashing_permit().await?;
-    tokio::task::spawn_blocking(move || auth::hash_password(&password))
-        .await
-        .map_err(|e| ApiError::Internal(e.into()))?
+    state
+        .with_password_pool(move || auth::hash_password(&password))
+        .await?
         .map_err(|e| ApiError::Internal(e.into()))
 }
 
