@@ -43,6 +43,9 @@ pub struct Inner {
     pub hashing: tokio::sync::Semaphore,
     /// ...on these threads (see [`auth::PasswordPool`]).
     pub passwords: auth::PasswordPool,
+    /// The e-mail outbox, once the e-mail channel has started: web-form
+    /// acknowledgements and chat transcripts go through it.
+    pub outbox: std::sync::OnceLock<Arc<crate::email::EmailChannel>>,
     pub chat_starts: RateLimiter,
     pub chat_messages: RateLimiter,
     pub forms: RateLimiter,
@@ -104,6 +107,7 @@ impl AppState {
             ),
             hashing: tokio::sync::Semaphore::new(hash_threads),
             passwords: auth::PasswordPool::new(hash_threads)?,
+            outbox: std::sync::OnceLock::new(),
             chat_starts: RateLimiter::new(settings.public.chat_starts_per_address, public_window),
             chat_messages: RateLimiter::new(
                 settings.public.chat_messages_per_address,

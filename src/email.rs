@@ -401,6 +401,89 @@ impl EmailChannel {
         Ok(())
     }
 
+    /// Queues the acknowledgement of a web-form request, with its reference
+    /// (once per conversation).
+    pub async fn acknowledge_request(
+        &self,
+        conversation_id: i64,
+        reference: &str,
+        to: &str,
+        name: Option<&str>,
+        subject: &str,
+    ) -> Result<(), EmailError> {
+        let Ok(to) = EmailAddress::parse(to) else {
+            return Ok(());
+        };
+        self.enqueue_mail(&MailToSend {
+            conversation_id: Some(conversation_id),
+            to,
+            to_name: name.map(str::to_owned),
+            subject: format!("Richiesta ricevuta: {subject}"),
+            body: self
+                .settings
+                .acknowledgement
+                .replace("{reference}", reference),
+            reference: Some(reference.to_owned()),
+            in_reply_to: None,
+            references: Vec::new(),
+            kind: MailKind::Acknowledgement,
+            automatic: true,
+            dedupe_key: Some(format!("request-ack:{conversation_id}")),
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Queues the transcript of a chat for the citizen (once per conversation).
+    pub async fn send_transcript(
+        &self,
+        conversation_id: i64,
+        to: &str,
+    ) -> Result<bool, EmailError> {
+        let Ok(to) = EmailAddress::parse(to) else {
+            return Ok(false);
+        };
+        let Some(detail) = self
+            .store
+            .get_conversation(&crate::store::Scope::All, conversation_id)
+            .await?
+        else {
+            return Ok(false);
+        };
+        let reference = detail.conversation.reference.clone();
+        let mut body = format!("Trascrizione della conversazione {reference}\n\n");
+        for message in detail.messages.iter().filter(|m| m.direction != "internal") {
+            let who = if message.direction == "inbound" {
+                "Lei"
+            } else {
+                "Operatore"
+            };
+            let at = chrono::DateTime::from_timestamp_millis(message.at)
+                .map(|t| {
+                    t.with_timezone(&chrono_tz::Europe::Rome)
+                        .format("%d/%m/%Y %H:%M")
+                        .to_string()
+                })
+                .unwrap_or_default();
+            body.push_str(&format!("[{at}] {who}: {}\n", message.body));
+        }
+        self.enqueue_mail(&MailToSend {
+            conversation_id: Some(conversation_id),
+            to,
+            to_name: None,
+            subject: "Trascrizione della chat".to_owned(),
+            body,
+            reference: Some(reference),
+            in_reply_to: None,
+            references: Vec::new(),
+            kind: MailKind::Transcript,
+            automatic: true,
+            dedupe_key: Some(format!("transcript:{conversation_id}")),
+        })
+        .await?;
+        Ok(true)
+    }
+
     /// Queues the acknowledgement of a new conversation (once per mail).
     async fn acknowledge(
         &self,
@@ -764,6 +847,7 @@ pub fn start(
     shutdown: CancellationToken,
 ) -> anyhow::Result<Running> {
     let channel = Arc::new(EmailChannel::new(state)?);
+    let _ = state.outbox.set(channel.clone());
     let config = channel.smtp_config()?;
     let smtp = tokio::spawn(ccu_email::smtp::serve(
         listener,

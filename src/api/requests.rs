@@ -250,17 +250,20 @@ async fn accept(
     )
     .await
     .map_err(|e| ApiError::Internal(e.into()))?;
-    state
-        .store
-        .append_event(
-            conversation.id,
-            now,
-            "acknowledgement_requested",
-            None,
-            None,
-            &serde_json::json!({ "email": email }),
-        )
-        .await?;
+    // The acknowledgement with the reference, through the outbox.
+    if let Some(outbox) = state.outbox.get() {
+        let subject = conversation.subject.clone().unwrap_or_default();
+        outbox
+            .acknowledge_request(
+                conversation.id,
+                &conversation.reference,
+                &email,
+                Some(&name),
+                &subject,
+            )
+            .await
+            .map_err(|e| ApiError::Internal(e.into()))?;
+    }
     Ok(RequestAccepted {
         reference: conversation.reference,
         conversation_id: conversation.id,

@@ -448,18 +448,19 @@ impl ChatSession {
         if !valid_email(&email) {
             return Err(ApiError::validation("email", "not an e-mail address"));
         }
-        // Recorded on the conversation; the e-mail channel's outbox sends it.
-        self.state
-            .store
-            .append_event(
-                conversation,
-                crate::now_ms(),
-                "transcript_requested",
-                None,
-                None,
-                &json!({ "email": email }),
-            )
-            .await?;
+        if !self.ended {
+            return Err(ApiError::BadRequest(
+                "the transcript comes after the end".into(),
+            ));
+        }
+        // Into the e-mail outbox, which delivers and retries it.
+        let outbox = self.state.outbox.get().ok_or_else(|| {
+            ApiError::Internal(anyhow::anyhow!("the e-mail outbox is not running"))
+        })?;
+        outbox
+            .send_transcript(conversation, &email)
+            .await
+            .map_err(|e| ApiError::Internal(e.into()))?;
         send(socket, &json!({ "type": "transcript_queued" })).await;
         Ok(())
     }

@@ -437,6 +437,17 @@ async fn the_web_form_creates_a_request_with_a_reference_from_json_or_a_plain_ht
         "Buongiorno, non ho ricevuto l'avviso TARI."
     );
     assert!(detail.conversation.contact_id.is_some());
+    // The acknowledgement with the reference waits in the e-mail outbox.
+    let outbox = app.store().outbox_for_conversation(id).await.unwrap();
+    assert_eq!(outbox.len(), 1);
+    assert_eq!(outbox[0].kind, "acknowledgement");
+    assert_eq!(outbox[0].to_address, "giuseppe@example.it");
+    assert!(
+        outbox[0].subject.contains(reference),
+        "{}",
+        outbox[0].subject
+    );
+    assert!(outbox[0].body.contains(reference));
 
     // The HTML form, without JavaScript: a 303 to the thank-you page.
     let response = app
