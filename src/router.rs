@@ -841,48 +841,18 @@ impl Actor {
                 queue,
                 action,
             } => {
-                let id = conversation_id(conversation);
                 let action = serde_json::to_value(&action).unwrap_or_default();
-                self.store
-                    .append_event(
-                        id,
-                        now_ms,
-                        "max_wait",
-                        Some(self.ids.queue_name(queue)),
-                        None,
-                        &action,
-                    )
+                self.notice(conversation, queue, "max_wait", action, now_ms)
                     .await?;
-                self.publish(BusEvent::RoutingNotice {
-                    conversation_id: id,
-                    kind: "max_wait".into(),
-                    detail: action,
-                })
-                .await;
             }
             Command::QueueClosed {
                 conversation,
                 queue,
                 action,
             } => {
-                let id = conversation_id(conversation);
                 let action = serde_json::to_value(&action).unwrap_or_default();
-                self.store
-                    .append_event(
-                        id,
-                        now_ms,
-                        "queue_closed",
-                        Some(self.ids.queue_name(queue)),
-                        None,
-                        &action,
-                    )
+                self.notice(conversation, queue, "queue_closed", action, now_ms)
                     .await?;
-                self.publish(BusEvent::RoutingNotice {
-                    conversation_id: id,
-                    kind: "queue_closed".into(),
-                    detail: action,
-                })
-                .await;
             }
             Command::OperatorAutoPaused { operator, missed } => {
                 let user = user_id(operator);
@@ -965,6 +935,36 @@ impl Actor {
         if self.open_offer.get(&conversation) == Some(&offer) {
             self.open_offer.remove(&conversation);
         }
+        Ok(())
+    }
+
+    /// A rule fired that the channel must render (maximum wait, queue
+    /// closed): stored as an event, then announced.
+    async fn notice(
+        &self,
+        conversation: ConversationId,
+        queue: QueueId,
+        kind: &str,
+        detail: serde_json::Value,
+        now_ms: i64,
+    ) -> Result<(), RouterError> {
+        let id = conversation_id(conversation);
+        self.store
+            .append_event(
+                id,
+                now_ms,
+                kind,
+                Some(self.ids.queue_name(queue)),
+                None,
+                &detail,
+            )
+            .await?;
+        self.publish(BusEvent::RoutingNotice {
+            conversation_id: id,
+            kind: kind.to_owned(),
+            detail,
+        })
+        .await;
         Ok(())
     }
 

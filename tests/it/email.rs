@@ -3,10 +3,9 @@
 //! binary killed with SIGKILL after a 250. Missing tools fail the tests
 //! with the Debian package to install.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use ccu::email::{EmailChannel, OutboxStep};
@@ -703,56 +702,11 @@ async fn a_mail_the_relay_refuses_permanently_is_failed_and_not_retried() {
 
 // ---- the binary, killed after a 250 ----
 
-struct Server {
-    child: Child,
-    smtp: SocketAddr,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_binary(dir: &Path, database_url: &str) -> Server {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ccu"));
-    cmd.arg("--config")
-        .arg(repo_path("config/default.toml"))
-        .env("CCU_HTTP_ADDR", "127.0.0.1:0")
-        .env("CCU_SMTP_ADDR", "127.0.0.1:0")
-        .env("CCU_EMAIL__RELAY__PORT", free_port().port().to_string())
-        .env("CCU_DATA_DIR", dir)
-        .env("CCU_DATABASE_URL", database_url)
-        .env("CCU_LOG_FORMAT", "json")
-        .env_remove("CCU_REDIS_URL")
-        .env("RUST_LOG", "info");
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut sent = false;
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if !sent
-                && let Ok(log) = serde_json::from_str::<Value>(&line)
-                && log["message"] == "ccu is ready"
-            {
-                let _ = tx.send(log["smtp_addr"].as_str().unwrap_or_default().to_owned());
-                sent = true;
-            }
-        }
-    });
-    let smtp = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("the server logs that it is ready, with smtp_addr");
-    Server {
-        child,
-        smtp: smtp.parse().expect("smtp_addr in the ready line"),
-    }
+/// The binary with its relay pointed at a port where nobody listens, so the
+/// acknowledgement stays in the outbox.
+fn start_binary(dir: &Path, database_url: &str) -> crate::process::Server {
+    let relay = free_port().port().to_string();
+    crate::process::start_with(dir, database_url, &[("CCU_EMAIL__RELAY__PORT", relay)])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,9 +12,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::helpers::*;
 
-struct Server {
-    child: Child,
-    addr: SocketAddr,
+/// The `ccu` binary started by a test; killed when dropped.
+pub struct Server {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub smtp: SocketAddr,
 }
 
 impl Drop for Server {
@@ -43,9 +45,18 @@ fn command(dir: &Path, database_url: &str) -> Command {
 }
 
 /// Starts the binary and waits for its JSON "ready" log line, which names
-/// the bound address.
+/// the bound addresses.
 fn start(dir: &Path, database_url: &str) -> Server {
-    let mut child = command(dir, database_url)
+    start_with(dir, database_url, &[])
+}
+
+/// As [`start`], with extra environment variables.
+pub fn start_with(dir: &Path, database_url: &str, env: &[(&str, String)]) -> Server {
+    let mut cmd = command(dir, database_url);
+    for (key, value) in env {
+        cmd.env(key, value);
+    }
+    let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -59,17 +70,19 @@ fn start(dir: &Path, database_url: &str) -> Server {
                 && let Ok(log) = serde_json::from_str::<Value>(&line)
                 && log["message"] == "ccu is ready"
             {
-                let _ = tx.send(log["http_addr"].as_str().unwrap_or_default().to_owned());
+                let field = |name: &str| log[name].as_str().unwrap_or_default().to_owned();
+                let _ = tx.send((field("http_addr"), field("smtp_addr")));
                 sent = true;
             }
         }
     });
-    let addr = rx
+    let (addr, smtp) = rx
         .recv_timeout(Duration::from_secs(60))
-        .expect("the server logs that it is ready");
+        .expect("the server logs that it is ready, with its addresses");
     Server {
         child,
         addr: addr.parse().unwrap(),
+        smtp: smtp.parse().unwrap(),
     }
 }
 
