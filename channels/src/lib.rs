@@ -20,4 +20,5 @@
 //! assert!(matches!(inbound, Inbound::Drop(_)));
 //! ```
 
+pub mod media;
 pub mod sip;
