@@ -27,9 +27,14 @@
 //! | [`announce`] | "you are number 3…": prompts for numbers; the queue announcer | |
 //! | [`fuzzing`] | invariants the fuzz targets and tests check | |
 //!
-//! The IVR menu logic is [`crate::ivr`].
+//! The IVR menu logic (`crate::ivr`) speaks in prompt names that
+//! [`player::PromptLibrary`] resolves.
 
+pub mod announce;
 pub mod dtmf;
+pub mod fuzzing;
 pub mod g711;
+pub mod player;
 pub mod relay;
 pub mod rtp;
+pub mod wav;
