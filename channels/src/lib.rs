@@ -10,7 +10,9 @@
 //! So far: [`sip`], the voice channel's SIP layer: parsing, validation,
 //! digest authentication, transactions, the registrar, SDP offer/answer,
 //! and the endpoint that runs them on UDP and TCP sockets
-//! ([`sip::endpoint::SipEndpoint`]).
+//! ([`sip::endpoint::SipEndpoint`]); [`media`], the voice channel's RTP
+//! relay, G.711, DTMF, prompts and announcements; and [`ivr`], the menu
+//! tree and the session that walks a caller through it.
 //!
 //! ```
 //! use ccu_channels::sip::validate::{Inbound, Policy, receive_datagram};
@@ -20,5 +22,6 @@
 //! assert!(matches!(inbound, Inbound::Drop(_)));
 //! ```
 
+pub mod ivr;
 pub mod media;
 pub mod sip;

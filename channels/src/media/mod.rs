@@ -27,8 +27,9 @@
 //! | [`announce`] | "you are number 3…": prompts for numbers; the queue announcer | |
 //! | [`fuzzing`] | invariants the fuzz targets and tests check | |
 //!
-//! The IVR menu logic (`crate::ivr`) speaks in prompt names that
-//! [`player::PromptLibrary`] resolves.
+//! The IVR menu logic ([`crate::ivr`]) speaks in prompt names that
+//! [`player::PromptLibrary`] resolves. docs/media.md shows how the server
+//! puts the pieces together for a call.
 
 pub mod announce;
 pub mod dtmf;

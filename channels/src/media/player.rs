@@ -359,13 +359,18 @@ impl Player {
     fn resume(&mut self, now: Instant) {
         // After a pause, the timestamp moves on with the wall clock (RFC
         // 3550 §5.1) and the marker starts a talkspurt.
+        // The last packet's audio lasts a frame: the next one is due no
+        // earlier than a frame after it, so a playlist that follows another
+        // at once (Finished, then play) does not send two frames at once.
+        let mut due = now;
         if let Some((at, timestamp)) = self.last_sent {
-            let ticks = now.saturating_duration_since(at).as_micros() / 125;
+            due = due.max(at + FRAME);
+            let ticks = due.saturating_duration_since(at).as_micros() / 125;
             let ticks = (ticks as u64).clamp(FRAME_SAMPLES as u64, u64::from(u32::MAX / 2));
             self.timestamp = timestamp.wrapping_add(ticks as u32);
         }
         self.marker = true;
-        self.due = Some(now);
+        self.due = Some(due);
     }
 
     fn skip_empty(&mut self) {
@@ -577,6 +582,26 @@ mod tests {
             player.next_deadline(),
             Some(t0 + Duration::from_millis(280))
         );
+    }
+
+    #[test]
+    fn a_playlist_started_on_finished_keeps_the_20_ms_cadence() {
+        // Regression: music started when the announcement's Finished came
+        // (in the same instant as its last packet) sent two frames at once.
+        let t0 = Instant::now();
+        let mut player = Player::new(Law::Ulaw, 1, 0, 0);
+        player.play(t0, [PlayItem::Prompt(prompt("a", 2, 0))]);
+        let first = run(&mut player, t0, t0 + Duration::from_secs(1));
+        let finished_at = first.last().unwrap().0;
+        assert_eq!(finished_at, t0 + FRAME);
+        player.play(finished_at, [PlayItem::Loop(prompt("music", 1, 0))]);
+        assert_eq!(player.poll(finished_at), None);
+        assert_eq!(player.next_deadline(), Some(t0 + FRAME * 2));
+        let Some(PlayerOutput::Packet(b)) = player.poll(t0 + FRAME * 2) else {
+            panic!("no packet")
+        };
+        let p = rtp::parse(&b).unwrap();
+        assert_eq!((p.sequence, p.timestamp, p.marker), (2, 320, true));
     }
 
     #[test]
