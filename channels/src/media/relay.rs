@@ -241,10 +241,14 @@ pub enum DropReason {
     /// A local packet for a leg that is not listening to local packets, or
     /// not PCMU/PCMA.
     NotSelected,
+    /// The receiving leg has nowhere to send to yet: its SDP said
+    /// `0.0.0.0` or port 0 (RFC 3264 §8.4 hold, old style) and it has not
+    /// been latched.
+    NoDestination,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 8] = [
+    pub const ALL: [DropReason; 9] = [
         DropReason::Malformed,
         DropReason::Rtcp,
         DropReason::Stranger,
@@ -253,6 +257,7 @@ impl DropReason {
         DropReason::NotBridged,
         DropReason::NoTelephoneEvent,
         DropReason::NotSelected,
+        DropReason::NoDestination,
     ];
 
     /// A stable name for metrics labels.
@@ -266,6 +271,7 @@ impl DropReason {
             DropReason::NotBridged => "not_bridged",
             DropReason::NoTelephoneEvent => "no_telephone_event",
             DropReason::NotSelected => "not_selected",
+            DropReason::NoDestination => "no_destination",
         }
     }
 
@@ -436,11 +442,13 @@ struct LegState {
 }
 
 impl LegState {
-    fn destination(&self) -> SocketAddr {
-        match self.latch {
+    /// Where to send to the leg, if anywhere.
+    fn destination(&self) -> Option<SocketAddr> {
+        let address = match self.latch {
             Latch::Waiting => self.media.remote,
             Latch::Latched(address) => address,
-        }
+        };
+        (!address.ip().is_unspecified() && address.port() != 0).then_some(address)
     }
 }
 
@@ -480,7 +488,9 @@ impl Relay {
     /// the leg and its latch, unless the SDP moved to another IP.
     pub fn attach(&mut self, now: Instant, leg: Leg, media: LegMedia, start: StreamStart) {
         if let Some(state) = &mut self.legs[leg.index()] {
-            if !media.allows(state.destination().ip()) {
+            if let Latch::Latched(address) = state.latch
+                && !media.allows(address.ip())
+            {
                 state.latch = Latch::Waiting;
             }
             state.media = media;
@@ -667,6 +677,9 @@ impl Relay {
                 None => return self.drop_packet(leg, DropReason::NoTelephoneEvent),
             },
         };
+        let Some(to) = target.destination() else {
+            return self.drop_packet(leg, DropReason::NoDestination);
+        };
         let samples = match kind {
             Kind::Audio => packet.payload.len() as u32,
             Kind::Event => 0,
@@ -686,7 +699,6 @@ impl Relay {
             timestamp,
             target.out.ssrc,
         );
-        let to = target.destination();
         let stats = &mut self.stats[other.index()];
         stats.sent_packets += 1;
         stats.sent_bytes += out.len() as u64;
@@ -713,6 +725,9 @@ impl Relay {
         if state.source != Source::Local {
             return self.drop_packet(leg, DropReason::NotSelected);
         }
+        let Some(to) = state.destination() else {
+            return self.drop_packet(leg, DropReason::NoDestination);
+        };
         let (sequence, timestamp, marker) =
             state
                 .out
@@ -729,7 +744,6 @@ impl Relay {
             timestamp,
             state.out.ssrc,
         );
-        let to = state.destination();
         let stats = &mut self.stats[leg.index()];
         stats.sent_packets += 1;
         stats.sent_bytes += out.len() as u64;
@@ -1394,6 +1408,50 @@ mod tests {
     }
 
     #[test]
+    fn an_unspecified_sdp_address_sends_nothing_until_latched() {
+        let t0 = Instant::now();
+        let mut held = phone();
+        held.remote = addr("0.0.0.0:5004");
+        let mut relay = Relay::new(RelayConfig::default(), t0, caller(), start(1));
+        relay.attach(t0, Leg::B, held, start(2));
+        relay.bridge();
+        relay.handle(
+            t0,
+            RelayEvent::Received {
+                leg: Leg::A,
+                from: addr(CALLER_SDP),
+                bytes: &audio(0, 1, 1, 1, 0xFF),
+            },
+        );
+        assert!(sends(&drain(&mut relay, t0)).is_empty());
+        assert_eq!(relay.stats(Leg::A).dropped(DropReason::NoDestination), 1);
+        // The phone sends from its signalling IP: latched, and reachable.
+        relay.handle(
+            t0,
+            RelayEvent::Received {
+                leg: Leg::B,
+                from: addr(CALLER_NAT),
+                bytes: &audio(8, 1, 1, 1, 0xD5),
+            },
+        );
+        drain(&mut relay, t0);
+        relay.handle(
+            t0,
+            RelayEvent::Received {
+                leg: Leg::A,
+                from: addr(CALLER_SDP),
+                bytes: &audio(0, 2, 161, 1, 0xFF),
+            },
+        );
+        let actions = drain(&mut relay, t0);
+        let sent = sends(&actions);
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].1, addr(CALLER_NAT));
+        // The first packet the phone gets starts our stream where it should.
+        assert_eq!(sent[0].2.sequence, 1000);
+    }
+
+    #[test]
     fn from_negotiated_takes_g711_only() {
         let negotiated = Negotiated {
             codec: crate::sip::sdp::Codec::pcma(),
@@ -1454,6 +1512,80 @@ mod tests {
             prop_assert_eq!(a.received_packets, packets.len() as u64);
             prop_assert_eq!(a.received_packets, sent + a.dropped_total());
             prop_assert_eq!(relay.stats(Leg::B).relayed_packets, sent);
+        }
+
+        /// Prompts, bridged audio, hold music and silences in any order:
+        /// the caller sees one stream, sequence numbers one apart, timestamps
+        /// at least a frame apart and never more than the wall clock allows,
+        /// one SSRC, and a marker exactly where the source changed.
+        #[test]
+        fn the_caller_sees_one_stream_whatever_the_sources(
+            steps in proptest::collection::vec((0u8..4, 1u16..6), 1..40),
+        ) {
+            let t0 = Instant::now();
+            let mut relay = bridged(t0);
+            let mut now = t0;
+            let mut peer = (500u16, 9000u32);
+            let mut local = (7u16, 0u32, 0x3000u32);
+            let mut sent: Vec<(Instant, Vec<u8>)> = Vec::new();
+            let mut last_source = None;
+            let mut expected_markers = Vec::new();
+            for (what, n) in steps {
+                match what {
+                    0 => relay.set_source(Leg::A, Source::Peer),
+                    1 => {
+                        relay.set_source(Leg::A, Source::Local);
+                        // A new player (a new SSRC) now and then.
+                        local.2 += u32::from(n % 2);
+                    }
+                    _ => {}
+                }
+                for _ in 0..n {
+                    let source = relay.source(Leg::A);
+                    let bytes = if what == 3 {
+                        None
+                    } else if source == Some(Source::Peer) {
+                        peer = (peer.0.wrapping_add(1), peer.1.wrapping_add(160));
+                        Some((Leg::B, audio(8, peer.0, peer.1, 0x2222, 0xD5)))
+                    } else {
+                        local = (local.0.wrapping_add(1), local.1.wrapping_add(160), local.2);
+                        Some((Leg::A, audio(0, local.0, local.1, local.2, 0xFF)))
+                    };
+                    if let Some((leg, bytes)) = bytes {
+                        let event = if leg == Leg::B {
+                            RelayEvent::Received { leg, from: addr(CALLER_NAT), bytes: &bytes }
+                        } else {
+                            RelayEvent::Local { leg, bytes: &bytes }
+                        };
+                        relay.handle(now, event);
+                        let input = (source, if leg == Leg::A { local.2 } else { 0 });
+                        expected_markers.push(last_source != Some(input));
+                        last_source = Some(input);
+                    }
+                    for action in drain(&mut relay, now) {
+                        if let RelayAction::Send { leg: Leg::A, bytes, .. } = action {
+                            sent.push((now, bytes));
+                        }
+                    }
+                    now += Duration::from_millis(20);
+                }
+            }
+            let out: Vec<(Instant, RtpPacket<'_>)> =
+                sent.iter().map(|(t, b)| (*t, rtp::parse(b).unwrap())).collect();
+            prop_assert_eq!(out.len(), expected_markers.len());
+            for (i, (_, p)) in out.iter().enumerate() {
+                prop_assert_eq!(p.ssrc, 0xAAAA);
+                prop_assert_eq!(p.payload_type, 0);
+                prop_assert_eq!(p.marker, expected_markers[i], "packet {}", i);
+            }
+            for pair in out.windows(2) {
+                let ((t0, a), (t1, b)) = (&pair[0], &pair[1]);
+                prop_assert_eq!(b.sequence, a.sequence.wrapping_add(1));
+                let ticks = b.timestamp.wrapping_sub(a.timestamp);
+                let wall = (t1.duration_since(*t0).as_micros() / 125) as u32;
+                prop_assert!(ticks >= 160, "timestamps {} apart", ticks);
+                prop_assert!(ticks <= wall.max(160), "{} ticks in {} of wall clock", ticks, wall);
+            }
         }
 
         /// A long stream through the relay comes out with consecutive
