@@ -291,6 +291,7 @@ pub struct LegStats {
     pub sent_bytes: u64,
     /// Of those sent, relayed from the other leg.
     pub relayed_packets: u64,
+    pub relayed_bytes: u64,
     /// Of those sent, local (prompts, music).
     pub local_packets: u64,
     dropped: [u64; DropReason::ALL.len()],
@@ -703,6 +704,7 @@ impl Relay {
         stats.sent_packets += 1;
         stats.sent_bytes += out.len() as u64;
         stats.relayed_packets += 1;
+        stats.relayed_bytes += out.len() as u64;
         self.actions.push_back(RelayAction::Send {
             leg: other,
             to,
@@ -906,6 +908,7 @@ mod tests {
             (1001, 50_160, false)
         );
         assert_eq!(relay.stats(Leg::B).relayed_packets, 2);
+        assert_eq!(relay.stats(Leg::B).relayed_bytes, 2 * 172);
         assert_eq!(relay.stats(Leg::A).received_packets, 2);
     }
 
