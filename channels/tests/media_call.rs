@@ -402,3 +402,155 @@ fn a_call_hears_the_ivr_chooses_by_dtmf_waits_and_is_bridged() {
     );
     assert_eq!(b.dropped_total(), 0);
 }
+
+/// The same call through `media::call::CallMedia`, the joined engine the
+/// server uses: only datagrams and SIP-level events go in.
+#[test]
+fn the_same_call_through_call_media() {
+    use ccu_channels::media::call::{
+        CallAction, CallEvent, CallMedia, CallMediaConfig, CallStreams,
+    };
+
+    let library = Arc::new(library());
+    let ivr = demo_ivr(&library);
+    let t0 = Instant::now();
+    let caller_leg = LegMedia {
+        remote: addr(CALLER),
+        signalling_ip: None,
+        law: Law::Alaw,
+        payload_type: 8,
+        telephone_event: Some(101),
+    };
+    let phone_leg = LegMedia {
+        remote: addr(PHONE),
+        signalling_ip: None,
+        law: Law::Ulaw,
+        payload_type: 0,
+        telephone_event: Some(101),
+    };
+    let streams = CallStreams {
+        caller: StreamStart {
+            ssrc: 0xCA11,
+            sequence: 65_000,
+            timestamp: u32::MAX - 1000,
+        },
+        player: StreamStart {
+            ssrc: 1,
+            sequence: 0,
+            timestamp: 0,
+        },
+    };
+    let mut call = CallMedia::new(
+        t0,
+        CallMediaConfig::default(),
+        library,
+        ivr,
+        Opening::Open,
+        caller_leg,
+        streams,
+    );
+    let mut dtmf = DtmfSender::new(101, 0x5151, 0);
+    let mut scheduled: Vec<(Duration, Vec<u8>)> = Vec::new();
+    for (key, at) in [('8', 1500u64), ('2', 3000)] {
+        for p in dtmf.packets(key, at as u32 * 8, 100).expect("dtmf packets") {
+            scheduled.push((Duration::from_millis(at) + p.offset, p.bytes));
+        }
+    }
+    let mut to_caller = Vec::new();
+    let mut to_phone = 0usize;
+    let mut route = None;
+    let mut tick = Duration::ZERO;
+    while tick <= Duration::from_secs(25) {
+        let now = t0 + tick;
+        if tick == Duration::from_secs(20) {
+            let start = StreamStart {
+                ssrc: 0x0B0B,
+                sequence: 1,
+                timestamp: 1,
+            };
+            call.handle(
+                now,
+                CallEvent::OperatorAnswered {
+                    media: &phone_leg,
+                    start,
+                },
+            );
+        }
+        for (_, bytes) in scheduled.iter().filter(|(at, _)| *at == tick) {
+            call.handle(
+                now,
+                CallEvent::Received {
+                    leg: Leg::A,
+                    from: addr(CALLER),
+                    bytes,
+                },
+            );
+        }
+        if tick >= Duration::from_secs(20) && tick.as_millis().is_multiple_of(20) {
+            let n = (tick.as_millis() / 20) as u16;
+            let from_caller = PacketBuilder::new(8, n, 160 * u32::from(n), 7)
+                .build(&[0xD5; 160])
+                .expect("packet");
+            call.handle(
+                now,
+                CallEvent::Received {
+                    leg: Leg::A,
+                    from: addr(CALLER),
+                    bytes: &from_caller,
+                },
+            );
+            let from_phone = PacketBuilder::new(0, n, 160 * u32::from(n), 8)
+                .build(&[0xFF; 160])
+                .expect("packet");
+            call.handle(
+                now,
+                CallEvent::Received {
+                    leg: Leg::B,
+                    from: addr(PHONE),
+                    bytes: &from_phone,
+                },
+            );
+        }
+        while let Some(action) = call.poll(now) {
+            match action {
+                CallAction::Send {
+                    leg: Leg::A, bytes, ..
+                } => to_caller.push(bytes),
+                CallAction::Send { leg: Leg::B, .. } => to_phone += 1,
+                r @ CallAction::Route { .. } => {
+                    route = Some(r);
+                    call.handle(
+                        now,
+                        CallEvent::QueueStatus(QueueStatus {
+                            position: Some(4),
+                            estimated_wait: Some(Duration::from_secs(400)),
+                        }),
+                    );
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        tick += Duration::from_millis(10);
+    }
+    let Some(CallAction::Route { queue, path, .. }) = route else {
+        panic!("no route")
+    };
+    assert_eq!(queue, "trasporti");
+    assert_eq!(
+        path.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        vec!["main:8", "aziende:2"]
+    );
+    // 20 s of IVR and queue, then 5 s bridged: 50 packets a second, one stream
+    // across the wrap of both the sequence number and the timestamp.
+    assert_eq!(to_caller.len(), 1000 + 251);
+    let parsed: Vec<_> = to_caller
+        .iter()
+        .map(|b| rtp::parse(b).expect("parses"))
+        .collect();
+    for pair in parsed.windows(2) {
+        assert_eq!(pair[1].sequence, pair[0].sequence.wrapping_add(1));
+        assert_eq!(pair[1].timestamp.wrapping_sub(pair[0].timestamp), 160);
+        assert_eq!((pair[1].ssrc, pair[1].payload_type), (0xCA11, 8));
+    }
+    assert_eq!(to_phone, 251);
+}

@@ -25,6 +25,7 @@
 //! | [`wav`] | 8 kHz mono WAV: 16-bit PCM, µ-law, A-law | RIFF WAVE |
 //! | [`player`] | prompts in 20 ms frames; the sans-IO player of playlists | RFC 3551 §4.5.14 |
 //! | [`announce`] | "you are number 3…": prompts for numbers; the queue announcer | |
+//! | [`call`] | one call's media from answer to hang-up: relay, player, IVR, announcer joined | |
 //! | [`fuzzing`] | invariants the fuzz targets and tests check | |
 //!
 //! The IVR menu logic ([`crate::ivr`]) speaks in prompt names that
@@ -32,6 +33,7 @@
 //! puts the pieces together for a call.
 
 pub mod announce;
+pub mod call;
 pub mod dtmf;
 pub mod fuzzing;
 pub mod g711;

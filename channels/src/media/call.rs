@@ -1,0 +1,896 @@
+//! The media of one call from answer to hang-up, sans-IO: the relay, the
+//! player and whichever of the IVR or the queue announcer is in charge,
+//! joined so that the server's voice task only moves datagrams and SIP
+//! events in and carries actions out.
+//!
+//! Stages: **IVR** (prompts from the menu, digits to the [`IvrSession`])
+//! → **queued** (after [`CallAction::Route`] the server tells us the queue
+//! status; announcements, music, the callback key) → **bridged** (the
+//! operator's phone answered) ⇄ **held** (music to the caller, nothing to
+//! the phone) → **ended**. A transfer detaches the phone and either attaches
+//! another one or goes back to the queue; the caller hears one stream
+//! throughout (see [`super::relay`]).
+//!
+//! ```text
+//!  server                                   CallMedia
+//!  datagram on leg A/B  ── Received ──────▶ relay ─▶ Digit ─▶ IVR / announcer
+//!  SIP INFO body        ── InfoDigit ─────▶            │ Play/Music
+//!  routing: position    ── QueueStatus ───▶            ▼
+//!  operator answered    ── OperatorAnswered▶ player ─▶ Local packets ─▶ relay
+//!  re-INVITE hold       ── Hold / Unhold ──▶
+//!  BYE, CANCEL          ── End ───────────▶
+//!                       ◀── Send{leg,to,bytes} · Route · CallbackRequested · Hangup · MediaTimeout
+//! ```
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::announce::{
+    AnnouncerAction, AnnouncerConfig, AnnouncerEvent, QueueAnnouncer, QueueStatus,
+};
+use super::player::{MUSIC, PlayItem, Player, PlayerOutput, PromptLibrary};
+use super::relay::{
+    Leg, LegMedia, Relay, RelayAction, RelayConfig, RelayEvent, Source, StreamStart,
+};
+use crate::ivr::{HangupReason, Ivr, IvrAction, IvrEvent, IvrSession, Opening, PathStep};
+
+/// Configuration of the call's media; serde for the server's `[voice]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CallMediaConfig {
+    pub relay: RelayConfig,
+    pub announcer: AnnouncerConfig,
+}
+
+/// The random numbers RFC 3550 §5.1 wants, drawn by the server: the
+/// caller's stream and the player's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallStreams {
+    pub caller: StreamStart,
+    pub player: StreamStart,
+}
+
+/// Input from the server.
+#[derive(Debug, Clone, Copy)]
+pub enum CallEvent<'a> {
+    /// A datagram on a leg's socket.
+    Received {
+        leg: Leg,
+        from: SocketAddr,
+        bytes: &'a [u8],
+    },
+    /// A key from a SIP INFO body ([`super::dtmf::parse_info`]).
+    InfoDigit(char),
+    /// The routing engine's view of the waiting call (position, estimate).
+    QueueStatus(QueueStatus),
+    /// The operator's phone answered (or, with a phone already attached, a
+    /// transfer's new phone answered: the old one is detached).
+    OperatorAnswered {
+        media: &'a LegMedia,
+        start: StreamStart,
+    },
+    /// New SDP from the operator's phone (re-INVITE) that is not a hold.
+    OperatorMedia(&'a LegMedia),
+    /// The operator's phone (or the console) put the caller on hold.
+    Hold,
+    Unhold,
+    /// The operator's leg ended but the caller stays: back to the queue
+    /// (a transfer to a queue, or a blind transfer still ringing).
+    Requeue(QueueStatus),
+    /// The call ended (either side hung up, or the console did).
+    End,
+}
+
+/// What the server must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallAction {
+    /// Send from the leg's socket.
+    Send {
+        leg: Leg,
+        to: SocketAddr,
+        bytes: Vec<u8>,
+    },
+    /// The IVR chose a queue: hand the call to routing, record the path.
+    Route {
+        queue: String,
+        skill: Option<String>,
+        language: String,
+        path: Vec<PathStep>,
+    },
+    /// The caller asked to be called back (the queue's callback key).
+    CallbackRequested,
+    /// Hang up the caller.
+    Hangup {
+        reason: CallHangup,
+        path: Vec<PathStep>,
+    },
+    /// A leg sent no media for the configured time (a dead phone, a lost
+    /// BYE): the server decides (usually a hang-up).
+    MediaTimeout { leg: Leg },
+}
+
+/// Why the media layer asks for a hang-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallHangup {
+    /// Outside opening hours, after the closed message.
+    Closed,
+    /// An IVR choice (or default) said so.
+    Menu,
+    /// The callback was confirmed to the caller.
+    CallbackConfirmed,
+}
+
+enum Stage {
+    Ivr(IvrSession),
+    /// Routed, waiting for the first [`CallEvent::QueueStatus`]: music.
+    Routing,
+    Queued(QueueAnnouncer),
+    Bridged,
+    Held,
+    Ended,
+}
+
+/// One call's media. See the module documentation.
+pub struct CallMedia {
+    config: CallMediaConfig,
+    library: Arc<PromptLibrary>,
+    relay: Relay,
+    player: Player,
+    stage: Stage,
+    language: String,
+    path: Vec<PathStep>,
+    actions: VecDeque<CallAction>,
+}
+
+impl CallMedia {
+    /// Answers the call's media: the IVR starts at once (or the closed
+    /// message, when `opening` says so).
+    pub fn new(
+        now: Instant,
+        config: CallMediaConfig,
+        library: Arc<PromptLibrary>,
+        ivr: Arc<Ivr>,
+        opening: Opening,
+        caller: LegMedia,
+        streams: CallStreams,
+    ) -> CallMedia {
+        let law = caller.law;
+        let relay = Relay::new(config.relay, now, caller, streams.caller);
+        let player = Player::new(
+            law,
+            streams.player.ssrc,
+            streams.player.sequence,
+            streams.player.timestamp,
+        );
+        let language = ivr.language.clone();
+        CallMedia {
+            config,
+            library,
+            relay,
+            player,
+            stage: Stage::Ivr(IvrSession::new(now, ivr, opening)),
+            language,
+            path: Vec::new(),
+            actions: VecDeque::new(),
+        }
+    }
+
+    /// The caller's language (after any switch in the IVR).
+    pub fn language(&self) -> &str {
+        &self.language
+    }
+
+    /// The relay, for its counters and latched addresses.
+    pub fn relay(&self) -> &Relay {
+        &self.relay
+    }
+
+    /// Whether the call's media has ended.
+    pub fn is_ended(&self) -> bool {
+        matches!(self.stage, Stage::Ended) && self.actions.is_empty()
+    }
+
+    pub fn handle(&mut self, now: Instant, event: CallEvent<'_>) {
+        match event {
+            CallEvent::Received { leg, from, bytes } => {
+                if !matches!(self.stage, Stage::Ended) {
+                    self.relay
+                        .handle(now, RelayEvent::Received { leg, from, bytes });
+                }
+            }
+            CallEvent::InfoDigit(digit) => self.digit(now, digit),
+            CallEvent::QueueStatus(status) => match &mut self.stage {
+                Stage::Routing => self.queue(status),
+                Stage::Queued(announcer) => announcer.handle(now, AnnouncerEvent::Status(status)),
+                _ => {}
+            },
+            CallEvent::OperatorAnswered { media, start } => {
+                if matches!(self.stage, Stage::Ended) {
+                    return;
+                }
+                self.relay.detach(Leg::B);
+                self.relay.attach(now, Leg::B, media.clone(), start);
+                self.relay.bridge();
+                self.player.stop();
+                self.stage = Stage::Bridged;
+            }
+            CallEvent::OperatorMedia(media) => {
+                if self.relay.has_leg(Leg::B) {
+                    // Same leg: attach updates it and keeps its stream.
+                    let unused = StreamStart {
+                        ssrc: 0,
+                        sequence: 0,
+                        timestamp: 0,
+                    };
+                    self.relay.attach(now, Leg::B, media.clone(), unused);
+                }
+            }
+            CallEvent::Hold => {
+                if matches!(self.stage, Stage::Bridged) {
+                    self.relay.set_source(Leg::A, Source::Local);
+                    self.relay.set_source(Leg::B, Source::Silent);
+                    self.relay.expect_media(now, Leg::B, false);
+                    self.music(now);
+                    self.stage = Stage::Held;
+                }
+            }
+            CallEvent::Unhold => {
+                if matches!(self.stage, Stage::Held) {
+                    self.player.stop();
+                    self.relay.bridge();
+                    self.relay.expect_media(now, Leg::B, true);
+                    self.stage = Stage::Bridged;
+                }
+            }
+            CallEvent::Requeue(status) => {
+                if matches!(self.stage, Stage::Ended) {
+                    return;
+                }
+                self.relay.detach(Leg::B);
+                self.relay.set_source(Leg::A, Source::Local);
+                self.queue(status);
+            }
+            CallEvent::End => {
+                self.player.stop();
+                self.relay.detach(Leg::B);
+                self.relay.set_source(Leg::A, Source::Silent);
+                self.stage = Stage::Ended;
+                self.actions.clear();
+            }
+        }
+    }
+
+    pub fn poll(&mut self, now: Instant) -> Option<CallAction> {
+        loop {
+            if let Some(action) = self.actions.pop_front() {
+                return Some(action);
+            }
+            if !self.step(now) {
+                return None;
+            }
+        }
+    }
+
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let stage = match &self.stage {
+            Stage::Ivr(ivr) => ivr.next_deadline(),
+            Stage::Queued(announcer) => announcer.next_deadline(),
+            _ => None,
+        };
+        [
+            self.relay.next_deadline(),
+            self.player.next_deadline(),
+            stage,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    fn queue(&mut self, status: QueueStatus) {
+        self.stage = Stage::Queued(QueueAnnouncer::new(self.config.announcer.clone(), status));
+    }
+
+    fn music(&mut self, now: Instant) {
+        let name = &self.config.announcer.music;
+        match self.library.get(MUSIC, name) {
+            Some(music) => self.player.play(now, [PlayItem::Loop(music)]),
+            None => self.player.stop(),
+        }
+    }
+
+    /// Plays the prompts that exist; with none, the engine hears
+    /// `PromptFinished` at once (from the player), so no one waits for
+    /// prompts that will never play.
+    fn play(&mut self, now: Instant, names: &[String]) {
+        let items: Vec<PlayItem> = names
+            .iter()
+            .filter_map(|name| self.library.get(&self.language, name))
+            .map(PlayItem::Prompt)
+            .collect();
+        self.player.play(now, items);
+    }
+
+    fn digit(&mut self, now: Instant, digit: char) {
+        match &mut self.stage {
+            Stage::Ivr(ivr) => ivr.handle(now, IvrEvent::Digit(digit)),
+            Stage::Queued(announcer) => announcer.handle(now, AnnouncerEvent::Digit(digit)),
+            _ => {}
+        }
+    }
+
+    /// One round over the engines; whether anything happened.
+    fn step(&mut self, now: Instant) -> bool {
+        let mut progressed = false;
+        while let Some(action) = self.relay.poll(now) {
+            progressed = true;
+            match action {
+                RelayAction::Send { leg, to, bytes } => {
+                    self.actions.push_back(CallAction::Send { leg, to, bytes });
+                }
+                RelayAction::Digit { leg: Leg::A, digit } => self.digit(now, digit.digit),
+                RelayAction::Digit { leg: Leg::B, .. } | RelayAction::Latched { .. } => {}
+                RelayAction::MediaTimeout { leg } => {
+                    self.actions.push_back(CallAction::MediaTimeout { leg });
+                }
+            }
+        }
+        while let Some(output) = self.player.poll(now) {
+            progressed = true;
+            match output {
+                PlayerOutput::Packet(bytes) => {
+                    self.relay.handle(
+                        now,
+                        RelayEvent::Local {
+                            leg: Leg::A,
+                            bytes: &bytes,
+                        },
+                    );
+                }
+                PlayerOutput::Finished => match &mut self.stage {
+                    Stage::Ivr(ivr) => ivr.handle(now, IvrEvent::PromptFinished),
+                    Stage::Queued(announcer) => {
+                        announcer.handle(now, AnnouncerEvent::PromptFinished)
+                    }
+                    _ => {}
+                },
+            }
+        }
+        match &mut self.stage {
+            Stage::Ivr(ivr) => {
+                if let Some(action) = ivr.poll(now) {
+                    progressed = true;
+                    match action {
+                        IvrAction::Play { language, prompts } => {
+                            self.language = language;
+                            self.play(now, &prompts);
+                        }
+                        IvrAction::Route {
+                            queue,
+                            skill,
+                            language,
+                            path,
+                        } => {
+                            self.language = language.clone();
+                            self.path = path.clone();
+                            self.actions.push_back(CallAction::Route {
+                                queue,
+                                skill,
+                                language,
+                                path,
+                            });
+                            // Music until routing says where the call
+                            // stands, so the first announcement has it.
+                            self.stage = Stage::Routing;
+                            self.music(now);
+                        }
+                        IvrAction::Hangup { reason, path } => {
+                            self.path = path.clone();
+                            let reason = match reason {
+                                HangupReason::Closed => CallHangup::Closed,
+                                HangupReason::Menu => CallHangup::Menu,
+                            };
+                            self.end_with(CallAction::Hangup { reason, path });
+                        }
+                    }
+                }
+            }
+            Stage::Queued(announcer) => {
+                if let Some(action) = announcer.poll(now) {
+                    progressed = true;
+                    match action {
+                        AnnouncerAction::Play(prompts) => self.play(now, &prompts),
+                        AnnouncerAction::Music(_) => self.music(now),
+                        AnnouncerAction::CallbackRequested => {
+                            self.actions.push_back(CallAction::CallbackRequested);
+                        }
+                        AnnouncerAction::Hangup => {
+                            let path = self.path.clone();
+                            self.end_with(CallAction::Hangup {
+                                reason: CallHangup::CallbackConfirmed,
+                                path,
+                            });
+                        }
+                    }
+                }
+            }
+            Stage::Routing | Stage::Bridged | Stage::Held | Stage::Ended => {}
+        }
+        progressed
+    }
+
+    fn end_with(&mut self, action: CallAction) {
+        self.player.stop();
+        self.relay.set_source(Leg::A, Source::Silent);
+        self.stage = Stage::Ended;
+        self.actions.push_back(action);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ivr::{Input, IvrConfig};
+    use crate::media::g711::Law;
+    use crate::media::player::Prompt;
+    use crate::media::rtp::{self, PacketBuilder};
+    use std::time::Duration;
+
+    const CALLER: &str = "192.0.2.10:4000";
+    const PHONE: &str = "10.0.0.5:5004";
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    /// Prompts of a few frames each, so the tests run in few steps.
+    fn library() -> Arc<PromptLibrary> {
+        let mut library = PromptLibrary::default();
+        for language in ["it", "en"] {
+            for name in [
+                "welcome",
+                "menu",
+                "invalid",
+                "no_input",
+                "closed",
+                "goodbye",
+                "please_hold",
+                "you_are_number",
+                "number_2",
+                "in_queue",
+                "callback_offer",
+                "callback_confirmed",
+            ] {
+                library.insert(language, Prompt::from_samples(name, vec![1000; 320]));
+            }
+        }
+        library.insert(MUSIC, Prompt::from_samples("hold", vec![500; 1600]));
+        Arc::new(library)
+    }
+
+    fn ivr() -> Arc<Ivr> {
+        let config: IvrConfig = toml::from_str(
+            r#"
+            start = "main"
+            language = "it"
+            greeting = ["welcome"]
+            [menus.main]
+            prompts = ["menu"]
+            default = { hangup = true, prompts = ["goodbye"] }
+            [menus.main.choices]
+            "1" = { queue = "anagrafe", skill = "anagrafe" }
+            "9" = { language = "en" }
+            "#,
+        )
+        .unwrap();
+        Arc::new(config.validate(|_| true, |_| true).unwrap())
+    }
+
+    fn caller() -> LegMedia {
+        LegMedia {
+            remote: addr(CALLER),
+            signalling_ip: None,
+            law: Law::Ulaw,
+            payload_type: 0,
+            telephone_event: Some(101),
+        }
+    }
+
+    fn phone() -> LegMedia {
+        LegMedia {
+            remote: addr(PHONE),
+            signalling_ip: None,
+            law: Law::Alaw,
+            payload_type: 8,
+            telephone_event: None,
+        }
+    }
+
+    fn streams() -> CallStreams {
+        CallStreams {
+            caller: StreamStart {
+                ssrc: 0xCA11,
+                sequence: 100,
+                timestamp: 0,
+            },
+            player: StreamStart {
+                ssrc: 0x9,
+                sequence: 0,
+                timestamp: 0,
+            },
+        }
+    }
+
+    /// Runs the call until `until`, polling at every deadline; returns the
+    /// actions other than the caller's audio, and the caller's packets.
+    fn run_until(
+        call: &mut CallMedia,
+        from: Instant,
+        until: Instant,
+    ) -> (Vec<CallAction>, Vec<Vec<u8>>) {
+        let mut other = Vec::new();
+        let mut audio = Vec::new();
+        let mut now = from;
+        loop {
+            while let Some(action) = call.poll(now) {
+                match action {
+                    CallAction::Send {
+                        leg: Leg::A, bytes, ..
+                    } => audio.push(bytes),
+                    a => other.push(a),
+                }
+            }
+            match call.next_deadline() {
+                Some(d) if d <= until => now = d.max(now),
+                _ => return (other, audio),
+            }
+        }
+    }
+
+    fn call(opening: Opening) -> (CallMedia, Instant) {
+        let t0 = Instant::now();
+        let mut config = CallMediaConfig::default();
+        config.relay.media_timeout = None;
+        (
+            CallMedia::new(t0, config, library(), ivr(), opening, caller(), streams()),
+            t0,
+        )
+    }
+
+    fn dtmf(digit: u8, ts: u32, seq: u16) -> Vec<u8> {
+        PacketBuilder::new(101, seq, ts, 0x77)
+            .marker(true)
+            .build(&[digit, 10, 0, 160])
+            .unwrap()
+    }
+
+    #[test]
+    fn ivr_choice_queue_callback_and_hangup() {
+        let (mut call, t0) = call(Opening::Open);
+        // Welcome + menu: 4 frames of 20 ms.
+        let (actions, audio) = run_until(&mut call, t0, t0 + Duration::from_millis(70));
+        assert!(actions.is_empty());
+        assert_eq!(audio.len(), 4);
+        let t1 = t0 + Duration::from_millis(100);
+        call.handle(
+            t1,
+            CallEvent::Received {
+                leg: Leg::A,
+                from: addr(CALLER),
+                bytes: &dtmf(1, 800, 1),
+            },
+        );
+        let (actions, _) = run_until(&mut call, t1, t1);
+        assert_eq!(
+            actions,
+            vec![CallAction::Route {
+                queue: "anagrafe".into(),
+                skill: Some("anagrafe".into()),
+                language: "it".into(),
+                path: vec![PathStep {
+                    menu: "main".into(),
+                    input: Input::Digit('1')
+                }],
+            }]
+        );
+        // The routing engine says where the call stands; the announcement
+        // then music follow.
+        call.handle(
+            t1,
+            CallEvent::QueueStatus(QueueStatus {
+                position: Some(2),
+                estimated_wait: None,
+            }),
+        );
+        let (_, audio) = run_until(&mut call, t1, t1 + Duration::from_secs(2));
+        assert!(audio.len() > 50, "announcement then music: {}", audio.len());
+        // The callback key by SIP INFO.
+        let t2 = t1 + Duration::from_secs(2);
+        call.handle(t2, CallEvent::InfoDigit('9'));
+        let (actions, _) = run_until(&mut call, t2, t2 + Duration::from_secs(1));
+        assert_eq!(
+            actions,
+            vec![
+                CallAction::CallbackRequested,
+                CallAction::Hangup {
+                    reason: CallHangup::CallbackConfirmed,
+                    path: vec![PathStep {
+                        menu: "main".into(),
+                        input: Input::Digit('1')
+                    }],
+                }
+            ]
+        );
+        assert!(call.is_ended());
+        assert_eq!(call.next_deadline(), None);
+    }
+
+    #[test]
+    fn closed_hangs_up_after_the_message() {
+        let (mut call, t0) = call(Opening::Closed);
+        let (actions, audio) = run_until(&mut call, t0, t0 + Duration::from_secs(1));
+        assert_eq!(audio.len(), 4, "closed + goodbye");
+        assert_eq!(
+            actions,
+            vec![CallAction::Hangup {
+                reason: CallHangup::Closed,
+                path: vec![]
+            }]
+        );
+    }
+
+    #[test]
+    fn bridge_hold_unhold_and_transfer_keep_one_stream_to_the_caller() {
+        let (mut call, t0) = call(Opening::Open);
+        let t1 = t0 + Duration::from_millis(40);
+        run_until(&mut call, t0, t1);
+        call.handle(t1, CallEvent::InfoDigit('1'));
+        run_until(&mut call, t1, t1 + Duration::from_secs(1));
+        let t2 = t1 + Duration::from_secs(1);
+        call.handle(
+            t2,
+            CallEvent::OperatorAnswered {
+                media: &phone(),
+                start: StreamStart {
+                    ssrc: 0xB,
+                    sequence: 0,
+                    timestamp: 0,
+                },
+            },
+        );
+        let mut all_audio = Vec::new();
+        let mut now = t2;
+        let mut phone_packets = 0;
+        let step = |call: &mut CallMedia,
+                    now: Instant,
+                    event: Option<CallEvent<'_>>,
+                    all: &mut Vec<Vec<u8>>,
+                    phone_packets: &mut usize| {
+            if let Some(e) = event {
+                call.handle(now, e);
+            }
+            while let Some(a) = call.poll(now) {
+                match a {
+                    CallAction::Send {
+                        leg: Leg::A, bytes, ..
+                    } => all.push(bytes),
+                    CallAction::Send { leg: Leg::B, .. } => *phone_packets += 1,
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+        };
+        for i in 0..10u16 {
+            let from_phone = PacketBuilder::new(8, i, 160 * u32::from(i), 5)
+                .build(&[0xD5; 160])
+                .unwrap();
+            step(
+                &mut call,
+                now,
+                Some(CallEvent::Received {
+                    leg: Leg::B,
+                    from: addr(PHONE),
+                    bytes: &from_phone,
+                }),
+                &mut all_audio,
+                &mut phone_packets,
+            );
+            let from_caller = PacketBuilder::new(0, i, 160 * u32::from(i), 6)
+                .build(&[0xFF; 160])
+                .unwrap();
+            step(
+                &mut call,
+                now,
+                Some(CallEvent::Received {
+                    leg: Leg::A,
+                    from: addr(CALLER),
+                    bytes: &from_caller,
+                }),
+                &mut all_audio,
+                &mut phone_packets,
+            );
+            now += Duration::from_millis(20);
+        }
+        assert_eq!(all_audio.len(), 10);
+        assert_eq!(phone_packets, 10);
+        // Hold: music to the caller, the phone's audio goes nowhere.
+        step(
+            &mut call,
+            now,
+            Some(CallEvent::Hold),
+            &mut all_audio,
+            &mut phone_packets,
+        );
+        // (The first music packet went out with the Hold itself.)
+        let (_, music) = run_until(&mut call, now, now + Duration::from_millis(190));
+        assert_eq!(all_audio.len() + music.len(), 20);
+        all_audio.extend(music);
+        now += Duration::from_millis(200);
+        let from_phone = PacketBuilder::new(8, 10, 1600, 5)
+            .build(&[0xD5; 160])
+            .unwrap();
+        step(
+            &mut call,
+            now,
+            Some(CallEvent::Received {
+                leg: Leg::B,
+                from: addr(PHONE),
+                bytes: &from_phone,
+            }),
+            &mut all_audio,
+            &mut phone_packets,
+        );
+        // The music's next frame went out; the phone's packet did not.
+        assert_eq!(all_audio.len(), 21);
+        assert_eq!(
+            call.relay()
+                .stats(Leg::B)
+                .dropped(crate::media::relay::DropReason::NotBridged),
+            1
+        );
+        // Unhold, then a transfer to another phone.
+        step(
+            &mut call,
+            now,
+            Some(CallEvent::Unhold),
+            &mut all_audio,
+            &mut phone_packets,
+        );
+        let other_phone = LegMedia {
+            remote: addr("10.0.0.6:5004"),
+            ..phone()
+        };
+        step(
+            &mut call,
+            now,
+            Some(CallEvent::OperatorAnswered {
+                media: &other_phone,
+                start: StreamStart {
+                    ssrc: 0xC,
+                    sequence: 0,
+                    timestamp: 0,
+                },
+            }),
+            &mut all_audio,
+            &mut phone_packets,
+        );
+        let from_new = PacketBuilder::new(8, 999, 99, 0x55)
+            .build(&[0xD5; 160])
+            .unwrap();
+        step(
+            &mut call,
+            now,
+            Some(CallEvent::Received {
+                leg: Leg::B,
+                from: addr("10.0.0.6:5004"),
+                bytes: &from_new,
+            }),
+            &mut all_audio,
+            &mut phone_packets,
+        );
+        assert_eq!(all_audio.len(), 22);
+        // From the bridge through hold to the new phone: one SSRC, consecutive numbers.
+        let parsed: Vec<_> = all_audio.iter().map(|b| rtp::parse(b).unwrap()).collect();
+        assert!(
+            parsed
+                .iter()
+                .all(|p| p.ssrc == 0xCA11 && p.payload_type == 0)
+        );
+        for pair in parsed.windows(2) {
+            assert_eq!(pair[1].sequence, pair[0].sequence.wrapping_add(1));
+            assert!(pair[1].timestamp.wrapping_sub(pair[0].timestamp) >= 160);
+        }
+        // The end: nothing more goes out.
+        step(
+            &mut call,
+            now,
+            Some(CallEvent::End),
+            &mut all_audio,
+            &mut phone_packets,
+        );
+        let from_caller = PacketBuilder::new(0, 50, 8000, 6)
+            .build(&[0xFF; 160])
+            .unwrap();
+        call.handle(
+            now,
+            CallEvent::Received {
+                leg: Leg::A,
+                from: addr(CALLER),
+                bytes: &from_caller,
+            },
+        );
+        assert_eq!(call.poll(now), None);
+        assert!(call.is_ended());
+    }
+
+    #[test]
+    fn requeue_after_the_operator_left_plays_the_queue_again() {
+        let (mut call, t0) = call(Opening::Open);
+        call.handle(t0, CallEvent::InfoDigit('1'));
+        run_until(&mut call, t0, t0);
+        call.handle(
+            t0,
+            CallEvent::OperatorAnswered {
+                media: &phone(),
+                start: StreamStart {
+                    ssrc: 0xB,
+                    sequence: 0,
+                    timestamp: 0,
+                },
+            },
+        );
+        run_until(&mut call, t0, t0);
+        call.handle(
+            t0,
+            CallEvent::Requeue(QueueStatus {
+                position: Some(2),
+                estimated_wait: None,
+            }),
+        );
+        let (actions, audio) = run_until(&mut call, t0, t0 + Duration::from_secs(1));
+        assert!(actions.is_empty());
+        // please_hold, you_are_number, number_2, in_queue, callback_offer:
+        // 2 frames each, then music.
+        assert_eq!(audio.len(), 50);
+        assert!(!call.relay().has_leg(Leg::B));
+    }
+
+    #[test]
+    fn a_language_switch_carries_into_the_queue_prompts() {
+        let (mut call, t0) = call(Opening::Open);
+        call.handle(t0, CallEvent::InfoDigit('9'));
+        run_until(&mut call, t0, t0);
+        assert_eq!(call.language(), "en");
+        call.handle(t0, CallEvent::InfoDigit('1'));
+        let (actions, _) = run_until(&mut call, t0, t0);
+        assert!(matches!(&actions[0], CallAction::Route { language, .. } if language == "en"));
+    }
+
+    #[test]
+    fn missing_prompts_do_not_stall_the_ivr() {
+        let t0 = Instant::now();
+        let mut call = CallMedia::new(
+            t0,
+            CallMediaConfig::default(),
+            Arc::new(PromptLibrary::default()),
+            ivr(),
+            Opening::Open,
+            caller(),
+            streams(),
+        );
+        // No prompts at all: the menu still times out and the default hangs up.
+        let (actions, audio) = run_until(&mut call, t0, t0 + Duration::from_secs(30));
+        assert!(audio.is_empty());
+        assert_eq!(
+            actions,
+            vec![CallAction::Hangup {
+                reason: CallHangup::Menu,
+                path: vec![PathStep {
+                    menu: "main".into(),
+                    input: Input::NoInput
+                }],
+            }]
+        );
+    }
+}
