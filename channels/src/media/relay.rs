@@ -617,9 +617,22 @@ impl Relay {
         let Some(state) = &mut self.legs[leg.index()] else {
             return self.drop_packet(leg, DropReason::NoLeg);
         };
+        // RTCP and payloads we do not relay (comfort noise from a phone
+        // with voice activity detection, RFC 3389) still show the latched
+        // peer is alive: no media timeout for a caller who is silent.
+        let from_peer = state.latch == Latch::Latched(from);
+        let alive = |state: &mut LegState| {
+            if from_peer {
+                state.last_heard = now;
+                state.timeout_reported = false;
+            }
+        };
         let packet = match rtp::parse(bytes) {
             Ok(packet) => packet,
-            Err(rtp::RtpError::Rtcp(_)) => return self.drop_packet(leg, DropReason::Rtcp),
+            Err(rtp::RtpError::Rtcp(_)) => {
+                alive(state);
+                return self.drop_packet(leg, DropReason::Rtcp);
+            }
             Err(_) => return self.drop_packet(leg, DropReason::Malformed),
         };
         let kind = if packet.payload_type == state.media.payload_type {
@@ -627,6 +640,7 @@ impl Relay {
         } else if Some(packet.payload_type) == state.media.telephone_event {
             Kind::Event
         } else {
+            alive(state);
             return self.drop_packet(leg, DropReason::UnknownPayloadType);
         };
 
@@ -1365,6 +1379,27 @@ mod tests {
         );
         drain(&mut relay, t1);
         assert_eq!(relay.next_deadline(), Some(t1 + Duration::from_secs(30)));
+        // Comfort noise (not relayed) from the latched peer keeps it alive;
+        // from anyone else it does not.
+        let t2 = t1 + Duration::from_secs(20);
+        relay.handle(
+            t2,
+            RelayEvent::Received {
+                leg: Leg::A,
+                from: addr(CALLER_SDP),
+                bytes: &audio(13, 2, 161, 1, 0),
+            },
+        );
+        assert_eq!(relay.next_deadline(), Some(t2 + Duration::from_secs(30)));
+        relay.handle(
+            t2 + Duration::from_secs(1),
+            RelayEvent::Received {
+                leg: Leg::A,
+                from: addr("203.0.113.9:4000"),
+                bytes: &audio(13, 3, 321, 1, 0),
+            },
+        );
+        assert_eq!(relay.next_deadline(), Some(t2 + Duration::from_secs(30)));
         relay.expect_media(t1, Leg::A, false);
         assert_eq!(relay.next_deadline(), None);
         assert_eq!(relay.poll(t1 + Duration::from_secs(100)), None);
