@@ -868,6 +868,24 @@ mod tests {
     }
 
     #[test]
+    fn the_configuration_reads_from_toml_with_defaults() {
+        let config: CallMediaConfig = toml::from_str(
+            "[relay]\nmedia_timeout = 30000\n[announcer]\nevery_seconds = 45\ncallback_key = '*'\n",
+        )
+        .unwrap();
+        assert_eq!(config.relay.media_timeout, Some(Duration::from_secs(30)));
+        assert_eq!(config.relay.relatch_after, Duration::from_secs(2));
+        assert_eq!(config.announcer.every_seconds, 45);
+        assert_eq!(config.announcer.callback_key, Some('*'));
+        assert_eq!(config.announcer.music, "hold");
+        assert!(toml::from_str::<CallMediaConfig>("[relay]\nmedia_timeout_s = 1\n").is_err());
+        assert_eq!(
+            toml::from_str::<CallMediaConfig>("").unwrap(),
+            CallMediaConfig::default()
+        );
+    }
+
+    #[test]
     fn missing_prompts_do_not_stall_the_ivr() {
         let t0 = Instant::now();
         let mut call = CallMedia::new(
