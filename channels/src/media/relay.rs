@@ -417,7 +417,14 @@ impl OutStream {
         if newest {
             self.last = Some((sequence, timestamp, samples, now));
         }
-        (sequence, timestamp, packet.marker || rebased)
+        // The marker starts a talkspurt after a change of input (RFC 3551
+        // §4.1). Not on a telephone-event (no samples): there it means the
+        // start of an event (RFC 4733 §2.5.1.2), which only the sender knows.
+        (
+            sequence,
+            timestamp,
+            packet.marker || (rebased && samples > 0),
+        )
     }
 }
 
