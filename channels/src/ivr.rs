@@ -1290,7 +1290,144 @@ max_no_input = 1
             )
         }
 
+        #[derive(Debug, Clone)]
+        enum T {
+            Menu(usize),
+            Queue,
+            Hangup,
+            Language,
+        }
+
+        fn target() -> impl Strategy<Value = T> {
+            prop_oneof![
+                (0usize..5).prop_map(T::Menu),
+                Just(T::Queue),
+                Just(T::Hangup),
+                Just(T::Language),
+            ]
+        }
+
+        fn choice(t: &T, menus: usize) -> ChoiceConfig {
+            match t {
+                T::Menu(i) => ChoiceConfig {
+                    menu: Some(format!("m{}", i % menus)),
+                    ..ChoiceConfig::default()
+                },
+                T::Queue => ChoiceConfig {
+                    queue: Some("q".into()),
+                    ..ChoiceConfig::default()
+                },
+                T::Hangup => ChoiceConfig {
+                    hangup: true,
+                    ..ChoiceConfig::default()
+                },
+                T::Language => ChoiceConfig {
+                    language: Some("en".into()),
+                    ..ChoiceConfig::default()
+                },
+            }
+        }
+
+        fn random_config() -> impl Strategy<Value = IvrConfig> {
+            (1usize..5)
+                .prop_flat_map(|n| {
+                    proptest::collection::vec(
+                        (
+                            target(),
+                            proptest::collection::vec(target(), 0..3),
+                            0u32..3,
+                            1u64..10,
+                        ),
+                        n,
+                    )
+                })
+                .prop_map(|menus| {
+                    let n = menus.len();
+                    IvrConfig {
+                        start: "m0".into(),
+                        language: "it".into(),
+                        greeting: vec![],
+                        closed_prompts: default_closed(),
+                        no_input_prompts: default_no_input(),
+                        invalid_prompts: default_invalid(),
+                        timeout_seconds: 5,
+                        max_no_input: 1,
+                        max_invalid: 1,
+                        menus: menus
+                            .iter()
+                            .enumerate()
+                            .map(|(i, (default, choices, repeats, timeout))| {
+                                (
+                                    format!("m{i}"),
+                                    MenuConfig {
+                                        prompts: vec!["p".into()],
+                                        choices: choices
+                                            .iter()
+                                            .enumerate()
+                                            .map(|(k, t)| ((k + 1).to_string(), choice(t, n)))
+                                            .collect(),
+                                        default: choice(default, n),
+                                        timeout_seconds: Some(*timeout),
+                                        max_no_input: Some(*repeats),
+                                        max_invalid: None,
+                                    },
+                                )
+                            })
+                            .collect(),
+                    }
+                })
+        }
+
+        /// Whether a caller who never presses a key gets out of the IVR
+        /// (from `menu`), by running a session.
+        fn silent_caller_gets_out(ivr: &Arc<Ivr>, menu: &str) -> bool {
+            let mut ivr = (**ivr).clone();
+            ivr.start = menu.to_owned();
+            let ivr = Arc::new(ivr);
+            let mut now = Instant::now();
+            let mut s = IvrSession::new(now, ivr, Opening::Open);
+            for _ in 0..500 {
+                while let Some(action) = s.poll(now) {
+                    if !matches!(action, IvrAction::Play { .. }) {
+                        return true;
+                    }
+                }
+                s.handle(now, IvrEvent::PromptFinished);
+                now += Duration::from_secs(10);
+            }
+            false
+        }
+
         proptest! {
+            /// Validation refuses a tree exactly when some menu traps a
+            /// silent caller forever, and accepts it otherwise.
+            #[test]
+            fn cycle_detection_matches_what_a_silent_caller_lives_through(config in random_config()) {
+                match config.validate(|q| q == "q", |l| l == "it" || l == "en") {
+                    Ok(ivr) => {
+                        let ivr = Arc::new(ivr);
+                        for menu in ivr.menus.keys() {
+                            prop_assert!(silent_caller_gets_out(&ivr, menu), "trapped in {}", menu);
+                        }
+                    }
+                    Err(IvrConfigError::Cycle(menus)) => {
+                        // Build the tree without the check to run it.
+                        let mut acyclic = config.clone();
+                        for m in acyclic.menus.values_mut() {
+                            m.default = ChoiceConfig { hangup: true, ..ChoiceConfig::default() };
+                        }
+                        let mut ivr = acyclic.validate(|q| q == "q", |l| l == "it" || l == "en").unwrap();
+                        for (name, m) in &config.menus {
+                            let default = config.choice(name, "default", &m.default, &|q: &str| q == "q", &|_: &str| true).unwrap();
+                            ivr.menus.get_mut(name).unwrap().default = default;
+                        }
+                        let ivr = Arc::new(ivr);
+                        prop_assert!(!silent_caller_gets_out(&ivr, &menus[0]), "{:?} is not a trap", menus);
+                    }
+                    Err(other) => prop_assert!(false, "unexpected {}", other),
+                }
+            }
+
             /// Whatever the caller does, the session ends with exactly one
             /// route or hang-up (or is still in a menu), every route goes
             /// to a configured queue, and the path only names menus that

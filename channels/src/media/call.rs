@@ -217,15 +217,7 @@ impl CallMedia {
                 self.stage = Stage::Bridged;
             }
             CallEvent::OperatorMedia(media) => {
-                if self.relay.has_leg(Leg::B) {
-                    // Same leg: attach updates it and keeps its stream.
-                    let unused = StreamStart {
-                        ssrc: 0,
-                        sequence: 0,
-                        timestamp: 0,
-                    };
-                    self.relay.attach(now, Leg::B, media.clone(), unused);
-                }
+                self.relay.update(now, Leg::B, media.clone());
             }
             CallEvent::Hold => {
                 if matches!(self.stage, Stage::Bridged) {

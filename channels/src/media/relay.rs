@@ -495,15 +495,7 @@ impl Relay {
     /// re-INVITE brought new SDP). An update keeps the stream we send to
     /// the leg and its latch, unless the SDP moved to another IP.
     pub fn attach(&mut self, now: Instant, leg: Leg, media: LegMedia, start: StreamStart) {
-        if let Some(state) = &mut self.legs[leg.index()] {
-            if let Latch::Latched(address) = state.latch
-                && !media.allows(address.ip())
-            {
-                state.latch = Latch::Waiting;
-            }
-            state.media = media;
-            state.last_heard = now;
-            state.timeout_reported = false;
+        if self.update(now, leg, media.clone()) {
             return;
         }
         self.attachments += 1;
@@ -522,6 +514,24 @@ impl Relay {
             expect_media: true,
             timeout_reported: false,
         });
+    }
+
+    /// New SDP for an attached leg (a re-INVITE): the stream we send to it
+    /// and its latch stay, unless the SDP moved to an IP the latched
+    /// address is not on. Returns whether the leg was attached.
+    pub fn update(&mut self, now: Instant, leg: Leg, media: LegMedia) -> bool {
+        let Some(state) = &mut self.legs[leg.index()] else {
+            return false;
+        };
+        if let Latch::Latched(address) = state.latch
+            && !media.allows(address.ip())
+        {
+            state.latch = Latch::Waiting;
+        }
+        state.media = media;
+        state.last_heard = now;
+        state.timeout_reported = false;
+        true
     }
 
     /// Detaches a leg (the operator hung up, or a transfer takes the call
