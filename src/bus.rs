@@ -103,6 +103,8 @@ pub enum BusError {
 pub struct Bus {
     local: broadcast::Sender<Arc<BusEvent>>,
     redis: Option<RedisBus>,
+    /// Keyed delivery for the sockets, started by the first [`Bus::keyed`].
+    fanout: Arc<std::sync::OnceLock<crate::fanout::Fanout>>,
 }
 
 #[derive(Clone)]
@@ -121,6 +123,7 @@ impl Bus {
         Self {
             local: broadcast::channel(BUFFER).0,
             redis: None,
+            fanout: Arc::default(),
         }
     }
 
@@ -155,6 +158,7 @@ impl Bus {
                 channel,
                 subscribed,
             }),
+            fanout: Arc::default(),
         })
     }
 
@@ -182,8 +186,25 @@ impl Bus {
         Ok(())
     }
 
+    /// Every event: for the few receivers that want them all (the
+    /// dashboards, the channels' workers).
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<BusEvent>> {
         self.local.subscribe()
+    }
+
+    /// Only the events of the keys the subscription watches: for the many
+    /// sockets (see [`crate::fanout`]). Call inside the tokio runtime.
+    pub fn keyed(&self) -> crate::fanout::Subscription {
+        self.fanout
+            .get_or_init(|| crate::fanout::Fanout::start(self.local.subscribe()))
+            .subscribe()
+    }
+
+    /// Keyed subscriptions alive on this node.
+    pub fn keyed_subscriptions(&self) -> usize {
+        self.fanout
+            .get()
+            .map_or(0, crate::fanout::Fanout::subscriptions)
     }
 
     /// Whether the bus can deliver events right now.

@@ -7,8 +7,10 @@ use crate::bus::{Bus, BusEvent};
 use crate::config::Settings;
 use crate::router::{RouterError, RouterHandle};
 use crate::store::{
-    Conversation, ConversationState, Direction, Message, NewConversation, Store, StoreError,
+    Conversation, ConversationState, Direction, Message, NewConversation, NewMessage, Store,
+    StoreError,
 };
+use crate::writer::WriteError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HubError {
@@ -20,6 +22,8 @@ pub enum HubError {
     UnknownQueue(String),
     #[error("conversation {0} not found")]
     NotFound(i64),
+    #[error("the message writer has stopped")]
+    Stopped,
 }
 
 #[derive(Clone)]
@@ -28,6 +32,8 @@ pub struct Hub {
     bus: Bus,
     router: RouterHandle,
     settings: std::sync::Arc<Settings>,
+    /// Group commit for messages (see [`crate::writer`]).
+    writer: crate::writer::LazyWriter,
 }
 
 /// What a channel knows about a new contact.
@@ -52,6 +58,7 @@ impl Hub {
             bus,
             router,
             settings,
+            writer: crate::writer::LazyWriter::default(),
         }
     }
 
@@ -116,16 +123,21 @@ impl Hub {
         client_id: Option<&str>,
     ) -> Result<Message, HubError> {
         let message = self
-            .store
-            .add_message(
+            .writer
+            .get(&self.store)
+            .add(NewMessage {
                 conversation_id,
-                crate::now_ms(),
+                at: crate::now_ms(),
                 direction,
                 author_user_id,
-                body,
-                client_id,
-            )
-            .await?;
+                body: body.to_owned(),
+                client_id: client_id.map(str::to_owned),
+            })
+            .await
+            .map_err(|err| match err {
+                WriteError::Store(err) => HubError::Store(err),
+                WriteError::Stopped => HubError::Stopped,
+            })?;
         self.publish(BusEvent::MessageAdded {
             conversation_id,
             message_id: message.id,

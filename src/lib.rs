@@ -14,12 +14,14 @@ pub mod bus;
 pub mod cli;
 pub mod config;
 pub mod email;
+pub mod fanout;
 pub mod hub;
 pub mod ratelimit;
 pub mod router;
 pub mod store;
 pub mod telemetry;
 pub mod web;
+pub mod writer;
 pub mod ws;
 
 /// Wall-clock time as Unix milliseconds, the store's time unit.

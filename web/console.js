@@ -135,6 +135,35 @@
     const sel = $('presence-select');
     if ([...sel.options].some((o) => o.value === presence)) sel.value = presence;
     $('reason-field').hidden = sel.value !== 'break';
+    showPresenceSince();
+  }
+
+  // Time in the current presence, kept current by a slow clock.
+  function showPresenceSince() {
+    const since = state.presenceRaw && state.presenceRaw.since;
+    const badge = $('presence-badge');
+    badge.title = since ? `${t('presence.since')} ${dateTime(since)}` : '';
+    badge.dataset.since = since ? window.ccu.duration((Date.now() - since) / 1000) : '';
+  }
+  setInterval(showPresenceSince, 15000);
+
+  // Colleagues for a transfer: name, live presence, conversations in hand.
+  async function loadColleagues(select) {
+    try {
+      const r = await fetch('/api/v1/operators', { credentials: 'same-origin' });
+      if (!r.ok) return;
+      const list = await r.json();
+      const keep = select.value;
+      select.replaceChildren(el('option', { value: '', text: '—' }));
+      const rank = (c) => { const k = window.ccu.presenceOf(c).presence; return k === 'available' ? 0 : k === 'offline' ? 2 : 1; };
+      list.sort((a, b) => rank(a) - rank(b) || a.display_name.localeCompare(b.display_name));
+      for (const c of list) {
+        const p = window.ccu.presenceOf(c);
+        const label = `${c.display_name} · ${t(`presence.${p.presence || 'offline'}`)}` + (c.active ? ` · ${c.active}` : '');
+        select.append(el('option', { value: String(c.id), text: label }));
+      }
+      select.value = keep;
+    } catch (_) { /* offline: the queue list still works */ }
   }
 
   // ---- offers ----
@@ -243,7 +272,8 @@
     // Transfer
     const tq = el('select', { id: `transfer-queue-${id}` }, el('option', { value: '', text: '—' }));
     for (const q of state.queues.values()) tq.append(el('option', { value: q.id, text: q.name }));
-    const to = el('input', { type: 'text', id: `transfer-operator-${id}`, inputmode: 'numeric', size: 6 });
+    // Colleagues with their live presence, loaded each time the box opens.
+    const to = el('select', { id: `transfer-operator-${id}` }, el('option', { value: '', text: '—' }));
     const transfer = el('form', { class: 'row transfer' },
       el('div', {}, el('label', { for: tq.id, i18n: 'transfer.queue' }), tq),
       el('div', {}, el('label', { for: to.id, i18n: 'transfer.operator' }), to),
@@ -251,12 +281,13 @@
     transfer.addEventListener('submit', (e) => {
       e.preventDefault();
       const frame = { type: 'transfer', conversation_id: id };
-      if (to.value.trim()) frame.operator = Number(to.value.trim()) || to.value.trim();
+      if (to.value) frame.operator = Number(to.value);
       else if (tq.value) frame.queue = tq.value;
       else return;
       send(frame);
     });
     view.transfer = el('details', { class: 'transfer-box' }, el('summary', { i18n: 'transfer' }), transfer);
+    view.transfer.addEventListener('toggle', () => { if (view.transfer.open) loadColleagues(to); });
 
     // Wrap-up (shown on `wrap_up`)
     view.wrapCode = el('select', { id: `wrapup-code-${id}`, required: true });

@@ -184,6 +184,8 @@ struct Op {
     assigned: Vec<u32>,
     wrap_ups: Vec<WrapUp>,
     idle_since: i64,
+    /// When the presence last changed (the dashboard's "time in it").
+    presence_since: i64,
     misses: u32,
     classes: Vec<OpClass>,
     /// Queues whose base requirements the operator meets (for staffing).
@@ -346,8 +348,12 @@ pub struct OperatorView {
     pub offers: Vec<OfferId>,
     pub conversations: Vec<ConversationId>,
     pub wrap_ups: Vec<ConversationId>,
+    /// When each wrap-up of `wrap_ups` ends by itself, in the same order.
+    pub wrap_up_until: Vec<Timestamp>,
     pub consecutive_misses: u32,
     pub idle_since: Timestamp,
+    /// Since when the operator has had this presence.
+    pub presence_since: Timestamp,
 }
 
 /// A conversation the server found in its store on start.
@@ -662,6 +668,7 @@ impl Engine {
                     assigned: Vec::new(),
                     wrap_ups: Vec::new(),
                     idle_since: now,
+                    presence_since: now,
                     misses: 0,
                     classes: Vec::new(),
                     base_queues: Vec::new(),
@@ -1363,6 +1370,9 @@ impl Engine {
         let op = &mut self.ops[oi as usize];
         let was_in = op.logged_in();
         let was_available = op.presence == Presence::Available;
+        if op.presence != presence {
+            op.presence_since = now;
+        }
         op.presence = presence;
         let is_in = op.logged_in();
         if was_in != is_in {
@@ -1975,8 +1985,10 @@ impl Engine {
             offers: op.offers.clone(),
             conversations: op.assigned.iter().map(|&ci| self.conv(ci).id).collect(),
             wrap_ups: op.wrap_ups.iter().map(|w| w.conversation).collect(),
+            wrap_up_until: op.wrap_ups.iter().map(|w| Timestamp(w.until)).collect(),
             consecutive_misses: op.misses,
             idle_since: Timestamp(op.idle_since),
+            presence_since: Timestamp(op.presence_since),
         })
     }
 

@@ -1120,3 +1120,41 @@ fn a_queue_update_can_take_operators_out_of_a_queue() {
     let cmds = w.at(10.0);
     assert_eq!(cmds.len(), 1, "{cmds:?}");
 }
+
+#[test]
+fn the_operator_view_tells_since_when_the_presence_holds_and_when_wrap_up_ends() {
+    let mut w = World::new();
+    let mut q = QueueConfig::new(QueueId(1), OrgId(1), vec![skill(1, 1)]);
+    q.wrap_up_secs = 30;
+    w.queue(q);
+    w.at(5.0);
+    w.simple_operator(10, &[(1, 5)]);
+    let view = w.engine.operator(OperatorId(10)).unwrap();
+    assert_eq!(view.presence_since, w.now, "logged in at 5 s");
+    // Work does not change the presence, so its clock keeps running.
+    w.at(12.0);
+    {
+        let c = w.call(100, 1);
+        answer(&mut w, &c)
+    };
+    w.at(20.0);
+    w.end(100);
+    let view = w.engine.operator(OperatorId(10)).unwrap();
+    assert_eq!(view.presence_since, Timestamp(T0_MS + 5_000));
+    assert_eq!(view.wrap_ups, vec![ConversationId(100)]);
+    assert_eq!(view.wrap_up_until, vec![Timestamp(T0_MS + 50_000)]);
+    // A break starts a new clock.
+    w.at(60.0);
+    w.send(Event::OperatorPresence {
+        operator: OperatorId(10),
+        presence: Presence::Break {
+            reason: "pausa".into(),
+        },
+    });
+    let view = w.engine.operator(OperatorId(10)).unwrap();
+    assert_eq!(view.presence_since, Timestamp(T0_MS + 60_000));
+    assert!(
+        view.wrap_up_until.is_empty(),
+        "the wrap-up ended by itself at 50 s"
+    );
+}

@@ -12,6 +12,7 @@ pub mod conversations;
 pub mod error;
 pub mod health;
 pub mod json;
+pub mod operators;
 pub mod queues;
 pub mod requests;
 pub mod users;
@@ -50,6 +51,7 @@ use error::ApiError;
         (name = "auth", description = "Sessions"),
         (name = "users", description = "Operators, supervisors and admins (admin only)"),
         (name = "queues", description = "Queues from the configuration"),
+        (name = "operators", description = "Colleagues and their live presence, for transfers"),
         (name = "conversations", description = "Conversations on every channel, scoped by organization"),
         (name = "health", description = "Probes and metrics"),
     )
@@ -81,6 +83,7 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .merge(auth::router())
         .merge(users::router())
         .merge(queues::router())
+        .merge(operators::router())
         .merge(conversations::router())
         .merge(requests::router())
 }

@@ -483,6 +483,18 @@ impl Direction {
     }
 }
 
+/// A message to store (see [`Store::add_messages`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewMessage {
+    pub conversation_id: i64,
+    pub at: i64,
+    pub direction: Direction,
+    pub author_user_id: Option<i64>,
+    pub body: String,
+    /// The sender's own id for the message: a retry is stored once.
+    pub client_id: Option<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, FromRow, ToSchema)]
 pub struct Message {
     pub id: i64,
@@ -1143,6 +1155,33 @@ impl Store {
             message
         });
         Ok(message)
+    }
+
+    /// Stores several messages in one transaction (one commit, one fsync):
+    /// the group commit of [`crate::hub`]'s message writer. The results are
+    /// in the order of `batch`; a retried client id gets the stored message,
+    /// as with [`Store::add_message`], also when both copies are in `batch`.
+    pub async fn add_messages(&self, batch: &[NewMessage]) -> Result<Vec<Message>> {
+        let insert = "INSERT INTO messages (conversation_id, at, direction, author_user_id, body, client_id) \
+                      VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (conversation_id, client_id) DO NOTHING \
+                      RETURNING id";
+        let select = "SELECT id, conversation_id, at, direction, author_user_id, body, content_type, client_id \
+                      FROM messages WHERE conversation_id = $1 AND (id = $2 OR client_id = $3)";
+        let messages: Vec<Message> = with_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let mut out = Vec::with_capacity(batch.len());
+            for m in batch {
+                let id: Option<i64> = sqlx::query_scalar(insert).bind(m.conversation_id).bind(m.at)
+                    .bind(m.direction.as_str()).bind(m.author_user_id).bind(&m.body)
+                    .bind(m.client_id.as_deref()).fetch_optional(&mut *tx).await?;
+                let message: Message = sqlx::query_as(select).bind(m.conversation_id)
+                    .bind(id.unwrap_or(-1)).bind(m.client_id.as_deref()).fetch_one(&mut *tx).await?;
+                out.push(message);
+            }
+            tx.commit().await?;
+            out
+        });
+        Ok(messages)
     }
 
     pub async fn list_conversations(

@@ -15,7 +15,6 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use serde_json::{Value, json};
-use tokio::sync::broadcast::error::RecvError;
 
 use super::{
     MAX_FRAME_BYTES, decode, error_frame, optional_text, send, send_error, text_field, valid_email,
@@ -26,6 +25,7 @@ use crate::app::AppState;
 use crate::auth::{random_token, token_hash};
 use crate::bus::BusEvent;
 use crate::config::{Channel, ClosedAction};
+use crate::fanout::{Delivery, Key, Subscription};
 use crate::hub::Arrival;
 use crate::ratelimit::Verdict;
 use crate::store::{ConversationState, Direction, Message, Scope};
@@ -42,6 +42,7 @@ pub async fn chat_socket(
         .max_frame_size(MAX_FRAME_BYTES)
         .on_upgrade(move |socket| {
             ChatSession {
+                bus: state.bus.keyed(),
                 state,
                 address,
                 conversation: None,
@@ -54,6 +55,8 @@ pub async fn chat_socket(
 
 struct ChatSession {
     state: AppState,
+    /// The bus, keyed by this socket's conversation once there is one.
+    bus: Subscription,
     address: String,
     conversation: Option<i64>,
     /// The highest message id the page has: replays and pushes go above it.
@@ -63,7 +66,6 @@ struct ChatSession {
 
 impl ChatSession {
     async fn run(mut self, mut socket: WebSocket) {
-        let mut bus = self.state.bus.subscribe();
         loop {
             tokio::select! {
                 frame = socket.recv() => {
@@ -86,12 +88,12 @@ impl ChatSession {
                         return;
                     }
                 }
-                event = bus.recv() => {
+                event = self.bus.recv() => {
                     let ok = match event {
-                        Ok(event) => self.on_bus(&event, &mut socket).await,
+                        Delivery::Event(event) => self.on_bus(&event, &mut socket).await,
                         // Missed notifications: catch up from the store.
-                        Err(RecvError::Lagged(_)) => self.replay(&mut socket).await,
-                        Err(RecvError::Closed) => return,
+                        Delivery::Lagged => self.replay(&mut socket).await,
+                        Delivery::Closed => return,
                     };
                     if !ok { return; }
                 }
@@ -216,6 +218,8 @@ impl ChatSession {
             )
             .await?;
         self.conversation = Some(conversation.id);
+        // Replays what the router said since the socket opened.
+        self.bus.watch(Key::Conversation(conversation.id));
         send(
             socket,
             &json!({
@@ -261,6 +265,7 @@ impl ChatSession {
             .await?
             .ok_or(ApiError::NotFound("conversation"))?;
         self.conversation = Some(conversation);
+        self.bus.watch(Key::Conversation(conversation));
         self.last_sent = value
             .get("last_id")
             .and_then(Value::as_i64)

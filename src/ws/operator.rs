@@ -15,13 +15,13 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use ccu_routing::Presence;
 use serde_json::{Value, json};
-use tokio::sync::broadcast::error::RecvError;
 
 use super::{MAX_FRAME_BYTES, check_origin, decode, error_frame, optional_text, send, text_field};
 use crate::api::error::ApiError;
 use crate::app::AppState;
 use crate::auth::Auth;
 use crate::bus::BusEvent;
+use crate::fanout::{Delivery, Key, Subscription};
 use crate::router::RouterError;
 use crate::store::{ConversationFilter, ConversationState, Direction, Scope, User};
 
@@ -40,6 +40,7 @@ pub async fn operator_socket(
         .max_frame_size(MAX_FRAME_BYTES)
         .on_upgrade(move |socket| {
             Console {
+                bus: state.bus.keyed(),
                 state,
                 user: session.user,
                 scope: session.scope,
@@ -51,6 +52,8 @@ pub async fn operator_socket(
 
 struct Console {
     state: AppState,
+    /// The bus, keyed by this operator and the conversations in hand.
+    bus: Subscription,
     user: User,
     scope: Scope,
     /// Conversations in this operator's hands (assigned or in wrap-up).
@@ -70,7 +73,7 @@ fn router_error(err: RouterError) -> ApiError {
 
 impl Console {
     async fn run(mut self, mut socket: WebSocket) {
-        let mut bus = self.state.bus.subscribe();
+        self.bus.watch(Key::Operator(self.user.id));
         match self.hello().await {
             Ok(hello) => {
                 if !send(&mut socket, &hello).await {
@@ -100,15 +103,15 @@ impl Console {
                         return;
                     }
                 }
-                event = bus.recv() => {
+                event = self.bus.recv() => {
                     let ok = match event {
-                        Ok(event) => self.on_bus(&event, &mut socket).await,
+                        Delivery::Event(event) => self.on_bus(&event, &mut socket).await,
                         // Missed notifications: start again from the store.
-                        Err(RecvError::Lagged(_)) => match self.hello().await {
+                        Delivery::Lagged => match self.hello().await {
                             Ok(hello) => send(&mut socket, &hello).await,
                             Err(_) => true,
                         },
-                        Err(RecvError::Closed) => return,
+                        Delivery::Closed => return,
                     };
                     if !ok { return; }
                 }
@@ -125,13 +128,18 @@ impl Console {
             ..Default::default()
         };
         let mut conversations = Vec::new();
-        self.mine.clear();
+        // Events from here on are replayed to the conversations watched below.
+        self.bus.mark();
+        for id in self.mine.drain() {
+            self.bus.unwatch(Key::Conversation(id));
+        }
         for c in store.list_conversations(&Scope::All, &filter).await? {
             if matches!(
                 c.state,
                 ConversationState::Assigned | ConversationState::WrapUp
             ) {
                 self.mine.insert(c.id);
+                self.bus.watch(Key::Conversation(c.id));
                 conversations.push(self.conversation_view(c.id).await?);
             }
         }
@@ -163,10 +171,32 @@ impl Console {
                 .operators
                 .into_iter()
                 .find(|o| o.id.0 == u64::try_from(self.user.id).unwrap_or(0))
-                .map(|o| json!({ "presence": o.presence, "status": o.status }))
+                .map(|o| {
+                    json!({
+                        "presence": o.presence,
+                        "status": o.status,
+                        "since": o.presence_since.as_millis(),
+                        "wrap_ups": o.wrap_ups.iter().zip(&o.wrap_up_until)
+                            .map(|(c, until)| json!({"conversation_id": c.0, "until": until.as_millis()}))
+                            .collect::<Vec<_>>(),
+                    })
+                })
                 .unwrap_or(Value::Null),
             Err(_) => Value::Null,
         }
+    }
+
+    /// When the router ends this conversation's wrap-up by itself (Unix ms).
+    async fn wrap_up_until(&self, conversation: i64) -> Option<i64> {
+        let me = u64::try_from(self.user.id).ok()?;
+        let snapshot = self.state.hub.router().snapshot().await.ok()?;
+        let view = snapshot.operators.into_iter().find(|o| o.id.0 == me)?;
+        let conversation = u64::try_from(conversation).ok()?;
+        view.wrap_ups
+            .iter()
+            .zip(&view.wrap_up_until)
+            .find(|(c, _)| c.0 == conversation)
+            .map(|(_, until)| until.as_millis())
     }
 
     /// A conversation with its messages, the citizen, and their history.
@@ -400,6 +430,7 @@ impl Console {
                     .await
                     .map_err(|e| ApiError::Internal(e.into()))?;
                 self.mine.remove(&conversation);
+                self.bus.unwatch(Key::Conversation(conversation));
                 send(
                     socket,
                     &json!({ "type": "closed", "conversation_id": conversation }),
@@ -468,11 +499,13 @@ impl Console {
                         .await
                         .ok()
                         .map(|v| v["wrap_up_codes"].clone());
+                    let until = self.wrap_up_until(*conversation_id).await;
                     Some(
-                        json!({ "type": "wrap_up", "conversation_id": conversation_id, "codes": codes }),
+                        json!({ "type": "wrap_up", "conversation_id": conversation_id, "codes": codes, "until": until }),
                     )
                 }
                 "closed" if self.mine.remove(conversation_id) => {
+                    self.bus.unwatch(Key::Conversation(*conversation_id));
                     Some(json!({ "type": "closed", "conversation_id": conversation_id }))
                 }
                 _ => None,

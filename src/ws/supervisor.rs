@@ -172,7 +172,8 @@ pub async fn snapshot(state: &AppState, scope: &Scope) -> Result<Value, ApiError
                 "organization_id": user.organization_id,
                 "presence": view.presence,
                 "status": view.status,
-                "since": view.idle_since.as_millis(),
+                "since": view.presence_since.as_millis(),
+                "idle_since": view.idle_since.as_millis(),
                 "active": view.conversations.len() + view.offers.len(),
                 "handled_today": handled.get(&id).copied().unwrap_or(0),
             }))

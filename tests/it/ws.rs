@@ -339,3 +339,83 @@ async fn the_dashboard_sees_a_new_waiting_chat_within_a_second() {
         started.elapsed()
     );
 }
+
+#[tokio::test]
+async fn a_colleague_picked_from_the_operator_list_takes_a_transfer_and_their_wrap_up_says_when_it_ends()
+ {
+    let app = spawn_app_with(&[
+        ("queues.urp.schedule", json!("h24")),
+        ("queues.urp.holidays", json!(false)),
+        ("queues.urp.wrap_up_seconds", json!(30)),
+    ])
+    .await;
+    let mut citizen = Ws::open(&app, "/ws/chat", None).await.unwrap();
+    citizen
+        .send(json!({"type": "start", "topic": "urp", "language": "it"}))
+        .await;
+    citizen.expect("started").await;
+    let (mut anna, conversation) = operator_with_chat(&app, "anna.verdi").await;
+
+    // A colleague comes on, and one of another company who must not be listed.
+    let (bruno_id, bruno_token) = app.user("bruno.neri", "operator", "comune").await;
+    let (water_id, _) = app.user("carla.acque", "operator", "acque").await;
+    let mut bruno = Ws::open(&app, "/ws/operator", Some(&bruno_token))
+        .await
+        .unwrap();
+    bruno.expect("hello").await;
+    bruno
+        .send(json!({"type": "presence", "presence": "available"}))
+        .await;
+    let presence = bruno.expect("presence").await;
+    let since = presence["presence"]["since"]
+        .as_i64()
+        .expect("presence since");
+    assert!((ccu::now_ms() - since).abs() < 10_000);
+
+    let anna_token = app.login("anna.verdi", "una password lunga e sicura").await;
+    let list: Vec<Value> = app
+        .get("/api/v1/operators", &anna_token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<i64> = list.iter().filter_map(|c| c["id"].as_i64()).collect();
+    assert!(ids.contains(&bruno_id), "the colleague is listed: {list:?}");
+    assert!(
+        !ids.contains(&water_id),
+        "another company's operator is not"
+    );
+    assert!(
+        list.iter().all(|c| c["display_name"] != "anna.verdi"),
+        "nor the caller"
+    );
+    let entry = list.iter().find(|c| c["id"] == bruno_id).unwrap();
+    assert_eq!(entry["presence"], "available");
+    assert!(entry.get("password_hash").is_none() && entry.get("skills").is_none());
+
+    anna.send(json!({"type": "transfer", "conversation_id": conversation, "operator": bruno_id}))
+        .await;
+    assert_eq!(anna.expect("closed").await["conversation_id"], conversation);
+    let offer = bruno.expect("offer").await;
+    bruno
+        .send(json!({"type": "accept", "offer": offer["offer"]}))
+        .await;
+    bruno.expect("assigned").await;
+    // The citizen's next line reaches the new operator only.
+    citizen
+        .send(json!({"type": "message", "client_id": "after-transfer", "text": "ci sei?"}))
+        .await;
+    citizen.expect("ack").await;
+    assert_eq!(bruno.expect("message").await["text"], "ci sei?");
+
+    bruno
+        .send(json!({"type": "end", "conversation_id": conversation}))
+        .await;
+    let wrap_up = bruno.expect("wrap_up").await;
+    let until = wrap_up["until"].as_i64().expect("the wrap-up's end");
+    let expected = ccu::now_ms() + 30_000;
+    assert!(
+        (until - expected).abs() < 5_000,
+        "ends 30 s from now: {until} vs {expected}"
+    );
+}
