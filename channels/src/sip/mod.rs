@@ -46,6 +46,7 @@
 //! assert!(ok.to_bytes().starts_with(b"SIP/2.0 200 OK\r\n"));
 //! ```
 
+pub mod dialog;
 pub mod digest;
 pub mod endpoint;
 pub mod fuzzing;
