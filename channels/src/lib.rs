@@ -22,6 +22,7 @@
 //! assert!(matches!(inbound, Inbound::Drop(_)));
 //! ```
 
+pub mod call;
 pub mod ivr;
 pub mod media;
 pub mod sip;

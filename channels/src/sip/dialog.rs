@@ -528,8 +528,7 @@ impl Dialog {
 
     /// Ends the call from our side: BYE when confirmed (after the ACK for
     /// a UAS, §15), CANCEL while a UAC rings, `480` for an unanswered UAS.
-    pub fn hang_up(&mut self, now: Instant) {
-        let _ = now;
+    pub fn hang_up(&mut self) {
         match &self.phase {
             Phase::Incoming { .. } => self.reject(StatusCode::TEMPORARILY_UNAVAILABLE),
             Phase::Calling { .. } => self.cancel(EndCause::Cancelled),
@@ -593,7 +592,7 @@ impl Dialog {
     pub fn handle(&mut self, now: Instant, event: DialogEvent<'_>) {
         match event {
             DialogEvent::Request(request) => self.on_request(now, request),
-            DialogEvent::Response(response) => self.on_response(now, response),
+            DialogEvent::Response(response) => self.on_response(response),
             DialogEvent::RequestFailed { method } => {
                 if method == Method::Invite {
                     match &self.phase {
@@ -836,8 +835,7 @@ impl Dialog {
         }
     }
 
-    fn on_response(&mut self, now: Instant, response: &Response) {
-        let _ = now;
+    fn on_response(&mut self, response: &Response) {
         let Ok(cseq) = response.headers.cseq() else {
             return;
         };
@@ -1540,7 +1538,7 @@ Content-Length: 0\r\n\r\n"
         let t0 = Instant::now();
         let mut uas = answered_uas(t0);
         drain(&mut uas, t0);
-        uas.hang_up(t0);
+        uas.hang_up();
         assert_eq!(drain(&mut uas, t0), vec![], "no BYE before the ACK (§15)");
         uas.handle(t0, DialogEvent::Request(&ack_of_200()));
         let actions = drain(&mut uas, t0);
@@ -1681,7 +1679,7 @@ Content-Length: 0\r\n\r\n"
         uac.handle(t0, DialogEvent::Response(&ok));
         assert_eq!(drain(&mut uac, t0), vec![actions[0].clone()]);
 
-        uac.hang_up(t0);
+        uac.hang_up();
         let actions = drain(&mut uac, t0);
         assert_eq!(
             request_text(&actions[0]),

@@ -1,0 +1,853 @@
+//! Whole calls through the B2BUA [`Call`], sans-IO, with a fake clock and
+//! fake peers: a trunk that sends the citizen's INVITE, RTP and RFC 4733
+//! key presses, and operator phones that ring, answer, refuse, hold,
+//! transfer and hang up. The prompts and the menu are the committed ones
+//! (config/prompts, the documented menu of docs/media.md).
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ccu_channels::call::{
+    Call, CallConfig, CallInput, CallOutput, CallRecord, CallSetup, Device, HangupCause,
+    OfferOutcome, SipLeg, SipSend,
+};
+use ccu_channels::ivr::{Ivr, IvrConfig, Opening};
+use ccu_channels::media::announce::QueueStatus;
+use ccu_channels::media::call::{CallMediaConfig, CallStreams};
+use ccu_channels::media::dtmf::DtmfSender;
+use ccu_channels::media::player::PromptLibrary;
+use ccu_channels::media::relay::{Leg, StreamStart};
+use ccu_channels::media::rtp::{self, PacketBuilder};
+use ccu_channels::sip::Uri;
+use ccu_channels::sip::dialog::{DialogConfig, DialogEvent};
+use ccu_channels::sip::message::{HeaderName, Message, Method, Request, Response, StatusCode};
+use ccu_channels::sip::parse::parse;
+use ccu_channels::sip::sdp::LocalMedia;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn documented_menu() -> IvrConfig {
+    let doc = std::fs::read_to_string(repo().join("docs/media.md")).expect("docs/media.md");
+    let section = doc.split("## IVR").nth(1).expect("an IVR section");
+    let block = section
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("a toml block");
+    let value: toml::Table = toml::from_str(block).expect("TOML");
+    value
+        .get("ivr")
+        .cloned()
+        .expect("[ivr]")
+        .try_into()
+        .expect("an IvrConfig")
+}
+
+fn library_and_ivr() -> (Arc<PromptLibrary>, Arc<Ivr>) {
+    let library = PromptLibrary::load_dir(&repo().join("config/prompts")).expect("prompts");
+    let text = std::fs::read_to_string(repo().join("config/default.toml")).expect("default.toml");
+    let config: toml::Table = toml::from_str(&text).expect("default.toml parses");
+    let queues: BTreeSet<String> = config
+        .get("queues")
+        .and_then(|q| q.as_table())
+        .expect("queues")
+        .keys()
+        .cloned()
+        .collect();
+    let languages = library.languages();
+    let ivr = documented_menu()
+        .validate(|q| queues.contains(q), |l| languages.contains(&l))
+        .expect("valid menu");
+    (Arc::new(library), Arc::new(ivr))
+}
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().expect("address")
+}
+
+const CALLER_RTP: &str = "203.0.113.5:30000";
+const PHONE_RTP: &str = "10.0.0.9:40000";
+
+const TRUNK_OFFER: &str = "v=0\r\no=trunk 1 1 IN IP4 203.0.113.5\r\ns=-\r\nc=IN IP4 203.0.113.5\r\nt=0 0\r\n\
+m=audio 30000 RTP/AVP 8 101\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:101 telephone-event/8000\r\n";
+
+fn phone_answer(direction: &str) -> String {
+    format!(
+        "v=0\r\no=phone 5 5 IN IP4 10.0.0.9\r\ns=-\r\nc=IN IP4 10.0.0.9\r\nt=0 0\r\n\
+m=audio 40000 RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\na={direction}\r\n"
+    )
+}
+
+fn request(text: &str, body: &str) -> Request {
+    let bytes = format!("{text}Content-Length: {}\r\n\r\n{body}", body.len());
+    match parse(bytes.as_bytes()) {
+        Ok(Message::Request(r)) => r,
+        other => panic!("not a request: {other:?}"),
+    }
+}
+
+fn invite() -> Request {
+    request(
+        "INVITE sip:+390200000000@192.0.2.1:5060 SIP/2.0\r\n\
+Via: SIP/2.0/UDP 203.0.113.5:5060;branch=z9hG4bKtrunk1;received=203.0.113.5;rport=5060\r\n\
+Max-Forwards: 69\r\n\
+From: <sip:+393331234567@trunk.example>;tag=tr1\r\n\
+To: <sip:+390200000000@ccu.example>\r\n\
+Call-ID: call-1@trunk.example\r\nCSeq: 10 INVITE\r\n\
+Contact: <sip:+393331234567@203.0.113.5:5060>\r\n\
+Content-Type: application/sdp\r\n",
+        TRUNK_OFFER,
+    )
+}
+
+/// A request from the trunk inside the citizen's dialog.
+fn from_trunk(method: &str, cseq: u32) -> Request {
+    request(
+        &format!(
+            "{method} sip:ccu@192.0.2.1:5060 SIP/2.0\r\n\
+Via: SIP/2.0/UDP 203.0.113.5:5060;branch=z9hG4bKt{method}{cseq}\r\nMax-Forwards: 70\r\n\
+From: <sip:+393331234567@trunk.example>;tag=tr1\r\n\
+To: <sip:+390200000000@ccu.example>;tag=ccu1\r\n\
+Call-ID: call-1@trunk.example\r\nCSeq: {cseq} {method}\r\n"
+        ),
+        "",
+    )
+}
+
+/// A request from a phone inside its dialog (our INVITE's headers turned
+/// around).
+fn from_phone(
+    invite: &Request,
+    tag: &str,
+    method: &str,
+    cseq: u32,
+    extra: &str,
+    body: &str,
+) -> Request {
+    let from = invite.headers.get(&HeaderName::From).expect("From");
+    let to = invite.headers.get(&HeaderName::To).expect("To");
+    let call_id = invite.headers.call_id().expect("Call-ID");
+    request(
+        &format!(
+            "{method} sip:ccu@192.0.2.1:5060 SIP/2.0\r\n\
+Via: SIP/2.0/UDP 10.0.0.9:5062;branch=z9hG4bKp{method}{cseq}\r\nMax-Forwards: 70\r\n\
+From: {to};tag={tag}\r\nTo: {from}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\n{extra}"
+        ),
+        body,
+    )
+}
+
+fn phone_reply(invite: &Request, status: u16, tag: &str, sdp: Option<&str>) -> Response {
+    let mut response = invite.response(StatusCode::new(status).expect("status"), tag);
+    response
+        .headers
+        .push(HeaderName::Contact, "<sip:1001@10.0.0.9:5062>");
+    if let Some(sdp) = sdp {
+        response
+            .headers
+            .push(HeaderName::ContentType, "application/sdp");
+        response.body = sdp.as_bytes().to_vec();
+    }
+    response
+}
+
+fn device(n: u32) -> Device {
+    Device {
+        target: Uri::parse(&format!("sip:100{n}@10.0.0.9:5062")).expect("uri"),
+        source_ip: "10.0.0.9".parse().expect("ip"),
+        call_id: format!("op-{n}@ccu"),
+        local_tag: format!("ut{n}"),
+    }
+}
+
+struct Harness {
+    call: Call,
+    t0: Instant,
+    now: Instant,
+    out: Vec<CallOutput>,
+}
+
+impl Harness {
+    fn new() -> Harness {
+        let (library, ivr) = library_and_ivr();
+        let t0 = Instant::now();
+        let dialog = DialogConfig::new(
+            Uri::parse("sip:ccu@192.0.2.1:5060").expect("uri"),
+            "192.0.2.1:5060",
+        );
+        let config = CallConfig {
+            caller_dialog: dialog.clone(),
+            phone_dialog: dialog,
+            media: CallMediaConfig::default(),
+            ring_timeout: Duration::from_secs(15),
+        };
+        let start = |ssrc| StreamStart {
+            ssrc,
+            sequence: 100,
+            timestamp: 1000,
+        };
+        let setup = CallSetup {
+            invite: invite(),
+            local_tag: "ccu1".into(),
+            source_ip: "203.0.113.5".parse().expect("ip"),
+            caller_number: "+393331234567".into(),
+            caller_media: LocalMedia::new("192.0.2.1".parse().expect("ip"), 20_000, 11),
+            phone_media: LocalMedia::new("192.0.2.1".parse().expect("ip"), 20_002, 22),
+            streams: CallStreams {
+                caller: start(0xA),
+                player: start(0xB),
+            },
+            operator_stream: start(0xC),
+            opening: Opening::Open,
+        };
+        let call = Call::new(t0, config, setup, library, ivr).expect("a dialog");
+        let mut harness = Harness {
+            call,
+            t0,
+            now: t0,
+            out: Vec::new(),
+        };
+        harness.drain();
+        harness
+    }
+
+    fn drain(&mut self) {
+        while let Some(output) = self.call.poll(self.now) {
+            self.out.push(output);
+        }
+    }
+
+    fn input(&mut self, input: CallInput<'_>) {
+        self.call.handle(self.now, input);
+        self.drain();
+    }
+
+    fn sip(&mut self, leg: SipLeg, event: DialogEvent<'_>) {
+        self.input(CallInput::Sip { leg, event });
+    }
+
+    /// Moves the clock to `t0 + at`, through every deadline on the way.
+    fn advance_to(&mut self, at: Duration) {
+        let end = self.t0 + at;
+        while let Some(deadline) = self.call.next_deadline() {
+            if deadline > end {
+                break;
+            }
+            assert!(deadline >= self.now, "a deadline in the past");
+            if deadline == self.now && self.call.poll(self.now).is_none() {
+                panic!("a deadline that poll does not clear");
+            }
+            self.now = deadline;
+            self.drain();
+        }
+        self.now = end;
+        self.drain();
+    }
+
+    fn take(&mut self) -> Vec<CallOutput> {
+        std::mem::take(&mut self.out)
+    }
+
+    /// The caller presses a key by RFC 4733 at `at`.
+    fn press(&mut self, key: char, at: Duration) {
+        let mut dtmf = DtmfSender::new(101, 0x5151, 0);
+        let packets = dtmf
+            .packets(key, at.as_millis() as u32 * 8, 100)
+            .expect("dtmf");
+        for p in packets {
+            self.advance_to(at + p.offset);
+            self.input(CallInput::Rtp {
+                leg: Leg::A,
+                from: addr(CALLER_RTP),
+                bytes: &p.bytes,
+            });
+        }
+    }
+
+    /// Both sides talk for `packets` × 20 ms from `at`.
+    fn talk(&mut self, at: Duration, packets: u16) {
+        for n in 0..packets {
+            self.advance_to(at + Duration::from_millis(20 * u64::from(n)));
+            let caller = PacketBuilder::new(8, n, 160 * u32::from(n), 7)
+                .build(&[0xD5; 160])
+                .expect("packet");
+            self.input(CallInput::Rtp {
+                leg: Leg::A,
+                from: addr(CALLER_RTP),
+                bytes: &caller,
+            });
+            let phone = PacketBuilder::new(0, n, 160 * u32::from(n), 8)
+                .build(&[0xFF; 160])
+                .expect("packet");
+            self.input(CallInput::Rtp {
+                leg: Leg::B,
+                from: addr(PHONE_RTP),
+                bytes: &phone,
+            });
+        }
+    }
+
+    /// Presses 1 (anagrafe) and returns once routed and given a position.
+    fn routed(&mut self) {
+        self.press('1', Duration::from_millis(1500));
+        let outputs = self.take();
+        let route = outputs
+            .iter()
+            .find(|o| matches!(o, CallOutput::Route { .. }))
+            .expect("routed");
+        let CallOutput::Route {
+            queue,
+            skill,
+            ivr_path,
+            ..
+        } = route
+        else {
+            unreachable!()
+        };
+        assert_eq!(queue, "anagrafe");
+        assert_eq!(skill.as_deref(), Some("anagrafe"));
+        assert_eq!(ivr_path.len(), 1);
+        assert_eq!(ivr_path[0].to_string(), "main:1");
+        assert!(outputs.contains(&CallOutput::Record(CallRecord::IvrPath(ivr_path.clone()))));
+        self.input(CallInput::QueueStatus(QueueStatus {
+            position: Some(1),
+            estimated_wait: Some(Duration::from_secs(60)),
+        }));
+    }
+
+    /// Offers the call to an operator with these devices; returns their
+    /// INVITEs.
+    fn offer(&mut self, offer: u64, operator: i64, devices: Vec<Device>) -> Vec<(SipLeg, Request)> {
+        self.input(CallInput::Offer {
+            offer,
+            operator,
+            conversation: 42,
+            devices,
+        });
+        self.take()
+            .into_iter()
+            .filter_map(|o| match o {
+                CallOutput::Sip {
+                    leg,
+                    send: SipSend::Request(r),
+                } if r.method == Method::Invite => Some((leg, r)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn answer(&mut self, leg: SipLeg, invite: &Request, tag: &str) {
+        self.sip(
+            leg,
+            DialogEvent::Response(&phone_reply(invite, 180, tag, None)),
+        );
+        let ok = phone_reply(invite, 200, tag, Some(&phone_answer("sendrecv")));
+        self.sip(leg, DialogEvent::Response(&ok));
+    }
+}
+
+fn sip_sends(outputs: &[CallOutput], on: SipLeg) -> Vec<&SipSend> {
+    outputs
+        .iter()
+        .filter_map(|o| match o {
+            CallOutput::Sip { leg, send } if *leg == on => Some(send),
+            _ => None,
+        })
+        .collect()
+}
+
+fn rtp_to(outputs: &[CallOutput], to_leg: Leg) -> Vec<&Vec<u8>> {
+    outputs
+        .iter()
+        .filter_map(|o| match o {
+            CallOutput::Rtp { leg, bytes, .. } if *leg == to_leg => Some(bytes),
+            _ => None,
+        })
+        .collect()
+}
+
+fn is_request(send: &SipSend, method: Method) -> bool {
+    matches!(send, SipSend::Request(r) if r.method == method)
+}
+
+fn response_status(send: &SipSend) -> Option<u16> {
+    match send {
+        SipSend::Respond(r) => Some(r.status.as_u16()),
+        _ => None,
+    }
+}
+
+#[test]
+fn a_caller_chooses_by_dtmf_waits_is_bridged_talks_and_the_operator_hangs_up() {
+    let mut h = Harness::new();
+    let answered = h.take();
+    let to_trunk = sip_sends(&answered, SipLeg::Caller);
+    assert_eq!(
+        response_status(to_trunk[0]),
+        Some(200),
+        "the IVR answers at once"
+    );
+    h.sip(SipLeg::Caller, DialogEvent::Request(&from_trunk("ACK", 10)));
+
+    h.routed();
+    h.advance_to(Duration::from_secs(10));
+    let waiting = h.take();
+    assert!(
+        rtp_to(&waiting, Leg::A).len() > 300,
+        "announcement and music"
+    );
+
+    let invites = h.offer(7, 3, vec![device(1)]);
+    assert_eq!(invites.len(), 1);
+    let (leg, invite) = invites[0].clone();
+    assert_eq!(leg, SipLeg::Phone(0));
+    assert_eq!(invite.uri.to_string(), "sip:1001@10.0.0.9:5062");
+    let from = invite.headers.from().expect("From");
+    assert_eq!(from.display_name.as_deref(), Some("+393331234567 anagrafe"));
+    assert_eq!(from.uri.to_string(), "sip:+393331234567@192.0.2.1");
+    assert_eq!(
+        invite.headers.get(&HeaderName::Other("X-CCU-Queue".into())),
+        Some("anagrafe")
+    );
+    assert_eq!(
+        invite
+            .headers
+            .get(&HeaderName::Other("X-CCU-Conversation".into())),
+        Some("42")
+    );
+    assert_eq!(h.call.ringing_offer(), Some(7));
+
+    h.answer(leg, &invite, "ph1");
+    let outputs = h.take();
+    let to_phone = sip_sends(&outputs, leg);
+    assert!(
+        matches!(to_phone[0], SipSend::Stateless(Message::Request(ack)) if ack.method == Method::Ack)
+    );
+    assert!(outputs.contains(&CallOutput::OfferOutcome {
+        offer: 7,
+        outcome: OfferOutcome::Accepted
+    }));
+    assert!(outputs.contains(&CallOutput::Record(CallRecord::Answered {
+        offer: 7,
+        operator: 3
+    })));
+    assert!(h.call.is_bridged());
+
+    // Audio both ways for two seconds: every packet is relayed, PCMA ↔ PCMU.
+    h.talk(Duration::from_secs(11), 100);
+    let talk = h.take();
+    let to_phone = rtp_to(&talk, Leg::B);
+    let to_caller = rtp_to(&talk, Leg::A);
+    assert_eq!(to_phone.len(), 100);
+    assert_eq!(to_caller.len(), 100, "only the operator now, no music");
+    let packet = rtp::parse(to_phone[0]).expect("rtp");
+    assert_eq!(packet.payload_type, 0, "the phone's PCMU");
+    let packet = rtp::parse(to_caller[0]).expect("rtp");
+    assert_eq!(packet.payload_type, 8, "the trunk's PCMA");
+    let stats = h.call.media().expect("media").relay().stats(Leg::B);
+    assert_eq!(stats.relayed_packets, 100);
+
+    // The operator hangs up: 200 to the phone, BYE to the trunk.
+    let bye = from_phone(&invite, "ph1", "BYE", 1, "", "");
+    h.sip(leg, DialogEvent::Request(&bye));
+    let outputs = h.take();
+    assert_eq!(response_status(sip_sends(&outputs, leg)[0]), Some(200));
+    assert!(is_request(
+        sip_sends(&outputs, SipLeg::Caller)[0],
+        Method::Bye
+    ));
+    assert_eq!(
+        outputs.last(),
+        Some(&CallOutput::Ended {
+            cause: HangupCause::Operator
+        })
+    );
+    assert!(outputs.contains(&CallOutput::Record(CallRecord::Hangup(
+        HangupCause::Operator
+    ))));
+    assert!(
+        !outputs
+            .iter()
+            .any(|o| matches!(o, CallOutput::Abandoned { .. }))
+    );
+    assert!(h.call.is_done());
+}
+
+#[test]
+fn a_caller_who_hangs_up_while_queued_is_an_abandon_with_its_wait() {
+    let mut h = Harness::new();
+    h.sip(SipLeg::Caller, DialogEvent::Request(&from_trunk("ACK", 10)));
+    h.routed();
+    h.advance_to(Duration::from_secs(40));
+    h.take();
+    h.sip(SipLeg::Caller, DialogEvent::Request(&from_trunk("BYE", 11)));
+    let outputs = h.take();
+    assert_eq!(
+        response_status(sip_sends(&outputs, SipLeg::Caller)[0]),
+        Some(200)
+    );
+    // Routed by the key's first packet at 1.5 s; gone at 40 s.
+    let abandoned: Vec<_> = outputs
+        .iter()
+        .filter(|o| matches!(o, CallOutput::Abandoned { .. }))
+        .collect();
+    assert_eq!(
+        abandoned,
+        [&CallOutput::Abandoned {
+            wait: Duration::from_millis(38_500)
+        }]
+    );
+    assert_eq!(
+        outputs.last(),
+        Some(&CallOutput::Ended {
+            cause: HangupCause::Caller
+        })
+    );
+    assert!(rtp_to(&outputs, Leg::A).is_empty(), "nothing after the BYE");
+    h.advance_to(Duration::from_secs(45));
+    assert!(rtp_to(&h.take(), Leg::A).is_empty());
+    assert!(h.call.is_done());
+}
+
+#[test]
+fn a_busy_operator_sends_the_call_back_and_the_next_offer_rings_another_phone() {
+    let mut h = Harness::new();
+    h.sip(SipLeg::Caller, DialogEvent::Request(&from_trunk("ACK", 10)));
+    h.routed();
+    let invites = h.offer(1, 3, vec![device(1)]);
+    let (leg, invite) = invites[0].clone();
+    h.sip(
+        leg,
+        DialogEvent::Response(&phone_reply(&invite, 486, "ph1", None)),
+    );
+    let outputs = h.take();
+    assert!(outputs.contains(&CallOutput::OfferOutcome {
+        offer: 1,
+        outcome: OfferOutcome::Declined(StatusCode::BUSY_HERE)
+    }));
+    assert_eq!(h.call.ringing_offer(), None);
+    // Music goes on while the router finds the next operator.
+    h.advance_to(h.now - h.t0 + Duration::from_secs(2));
+    assert!(rtp_to(&h.take(), Leg::A).len() >= 90);
+
+    let invites = h.offer(2, 4, vec![device(2)]);
+    let (leg2, invite2) = invites[0].clone();
+    assert_eq!(leg2, SipLeg::Phone(1), "a new leg");
+    assert_eq!(invite2.uri.to_string(), "sip:1002@10.0.0.9:5062");
+    h.answer(leg2, &invite2, "ph2");
+    assert!(h.take().contains(&CallOutput::OfferOutcome {
+        offer: 2,
+        outcome: OfferOutcome::Accepted
+    }));
+    assert!(h.call.is_bridged());
+}
+
+#[test]
+fn a_phone_that_rings_out_is_cancelled_and_the_offer_missed() {
+    let mut h = Harness::new();
+    h.sip(SipLeg::Caller, DialogEvent::Request(&from_trunk("ACK", 10)));
+    h.routed();
+    let offered_at = h.now - h.t0;
+    let (leg, invite) = h.offer(1, 3, vec![device(1)])[0].clone();
+    h.sip(
+        leg,
+        DialogEvent::Response(&phone_reply(&invite, 180, "ph1", None)),
+    );
+    h.advance_to(offered_at + Duration::from_secs(15));
+    let outputs = h.take();
+    let sends = sip_sends(&outputs, leg);
+    let SipSend::Cancel(cancel) = sends[0] else {
+        panic!("{sends:?}")
+    };
+    assert_eq!(cancel.headers.cseq().expect("CSeq").seq, 1);
+    h.sip(
+        leg,
+        DialogEvent::Response(&phone_reply(&invite, 487, "ph1", None)),
+    );
+    let outputs = h.take();
+    assert!(outputs.contains(&CallOutput::OfferOutcome {
+        offer: 1,
+        outcome: OfferOutcome::Missed
+    }));
+}
+
+#[test]
+fn a_caller_who_hangs_up_while_the_phone_rings_cancels_it() {
+    let mut h = Harness::new();
+    h.sip(SipLeg::Caller, DialogEvent::Request(&from_trunk("ACK", 10)));
+    h.routed();
+    let (leg, invite) = h.offer(1, 3, vec![device(1)])[0].clone();
+    h.sip(
+        leg,
+        DialogEvent::Response(&phone_reply(&invite, 180, "ph1", None)),
+    );
+    h.take();
+    h.sip(SipLeg::Caller, DialogEvent::Request(&from_trunk("BYE", 11)));
+    let outputs = h.take();
+    assert!(matches!(sip_sends(&outputs, leg)[0], SipSend::Cancel(_)));
+    assert!(
+        outputs
+            .iter()
+            .any(|o| matches!(o, CallOutput::Abandoned { .. }))
+    );
+    assert_eq!(
+        outputs.last(),
+        Some(&CallOutput::Ended {
+            cause: HangupCause::Caller
+        })
+    );
+    assert!(!h.call.is_done(), "the phone's INVITE is still finishing");
+    h.sip(
+        leg,
+        DialogEvent::Response(&phone_reply(&invite, 487, "ph1", None)),
+    );
+    assert!(
+        h.take().is_empty(),
+        "no outcome for an offer whose caller left"
+    );
+    assert!(h.call.is_done());
+}
+
+#[test]
+fn the_first_device_to_answer_wins_and_the_others_are_cancelled() {
+    let mut h = Harness::new();
+    h.sip(SipLeg::Caller, DialogEvent::Request(&from_trunk("ACK", 10)));
+    h.routed();
+    let invites = h.offer(1, 3, vec![device(1), device(2)]);
+    assert_eq!(invites.len(), 2);
+    let (desk, desk_invite) = invites[0].clone();
+    let (softphone, soft_invite) = invites[1].clone();
+    h.sip(
+        desk,
+        DialogEvent::Response(&phone_reply(&desk_invite, 180, "d1", None)),
+    );
+    h.answer(softphone, &soft_invite, "s1");
+    let outputs = h.take();
+    assert!(matches!(sip_sends(&outputs, desk)[0], SipSend::Cancel(_)));
+    assert_eq!(
+        outputs
+            .iter()
+            .filter(|o| matches!(o, CallOutput::OfferOutcome { .. }))
+            .count(),
+        1
+    );
+    h.sip(
+        desk,
+        DialogEvent::Response(&phone_reply(&desk_invite, 487, "d1", None)),
+    );
+    assert!(h.take().is_empty(), "the cancelled fork reports nothing");
+    assert!(h.call.is_bridged());
+}
+
+#[test]
+fn a_re_invite_hold_from_the_phone_plays_music_to_the_caller_until_unhold() {
+    let mut h = Harness::new();
+    h.sip(SipLeg::Caller, DialogEvent::Request(&from_trunk("ACK", 10)));
+    h.routed();
+    let (leg, invite) = h.offer(1, 3, vec![device(1)])[0].clone();
+    h.answer(leg, &invite, "ph1");
+    h.take();
+    let at = h.now - h.t0;
+    let hold = from_phone(
+        &invite,
+        "ph1",
+        "INVITE",
+        2,
+        "Contact: <sip:1001@10.0.0.9:5062>\r\nContent-Type: application/sdp\r\n",
+        &phone_answer("sendonly").replace("o=phone 5 5", "o=phone 5 6"),
+    );
+    h.sip(leg, DialogEvent::Request(&hold));
+    let outputs = h.take();
+    let SipSend::Respond(ok) = sip_sends(&outputs, leg)[0] else {
+        panic!("{outputs:?}")
+    };
+    assert_eq!(ok.status, StatusCode::OK);
+    assert!(String::from_utf8_lossy(&ok.body).contains("a=recvonly"));
+    assert!(outputs.contains(&CallOutput::Record(CallRecord::Hold { by_phone: true })));
+    let mut ack = from_phone(&invite, "ph1", "ACK", 2, "", "");
+    ack.headers.set(HeaderName::CSeq, "2 ACK");
+    h.sip(leg, DialogEvent::Request(&ack));
+    // While held: music to the caller, the phone's packets are not relayed.
+    h.talk(at + Duration::from_secs(1), 50);
+    let held = h.take();
+    assert!(rtp_to(&held, Leg::A).len() >= 50, "music");
+    assert!(rtp_to(&held, Leg::B).is_empty(), "the phone hears nothing");
+    let unhold = from_phone(
+        &invite,
+        "ph1",
+        "INVITE",
+        3,
+        "Content-Type: application/sdp\r\n",
+        &phone_answer("sendrecv").replace("o=phone 5 5", "o=phone 5 7"),
+    );
+    h.sip(leg, DialogEvent::Request(&unhold));
+    assert!(
+        h.take()
+            .contains(&CallOutput::Record(CallRecord::Unhold { by_phone: true }))
+    );
+    let mut ack = from_phone(&invite, "ph1", "ACK", 3, "", "");
+    ack.headers.set(HeaderName::CSeq, "3 ACK");
+    h.sip(leg, DialogEvent::Request(&ack));
+    h.talk(at + Duration::from_secs(3), 50);
+    let talk = h.take();
+    assert_eq!(rtp_to(&talk, Leg::B).len(), 50);
+    assert_eq!(
+        rtp_to(&talk, Leg::A).len(),
+        50,
+        "the operator again, no music"
+    );
+}
+
+#[test]
+fn a_refer_from_the_phone_is_accepted_notified_and_the_caller_waits_again() {
+    let mut h = Harness::new();
+    h.sip(SipLeg::Caller, DialogEvent::Request(&from_trunk("ACK", 10)));
+    h.routed();
+    let (leg, invite) = h.offer(1, 3, vec![device(1)])[0].clone();
+    h.answer(leg, &invite, "ph1");
+    h.take();
+    let refer = from_phone(
+        &invite,
+        "ph1",
+        "REFER",
+        2,
+        "Refer-To: <sip:tributi@192.0.2.1>\r\n",
+        "",
+    );
+    h.sip(leg, DialogEvent::Request(&refer));
+    let outputs = h.take();
+    let sends = sip_sends(&outputs, leg);
+    assert_eq!(response_status(sends[0]), Some(202));
+    let SipSend::Request(notify) = sends[1] else {
+        panic!("{sends:?}")
+    };
+    assert_eq!(notify.method, Method::Notify);
+    assert_eq!(notify.headers.get(&HeaderName::Event), Some("refer"));
+    assert_eq!(notify.body, b"SIP/2.0 200 OK\r\n");
+    assert!(is_request(sends[2], Method::Bye));
+    assert!(outputs.contains(&CallOutput::Transfer {
+        target: Uri::parse("sip:tributi@192.0.2.1").expect("uri")
+    }));
+    assert!(
+        !outputs
+            .iter()
+            .any(|o| matches!(o, CallOutput::Ended { .. }))
+    );
+    h.advance_to(h.now - h.t0 + Duration::from_secs(2));
+    assert!(rtp_to(&h.take(), Leg::A).len() >= 90, "music again");
+    // The next offer rings a phone again.
+    assert_eq!(h.offer(2, 5, vec![device(3)]).len(), 1);
+}
+
+#[test]
+fn sip_info_dtmf_chooses_in_the_ivr_and_the_console_hangs_up() {
+    let mut h = Harness::new();
+    h.sip(SipLeg::Caller, DialogEvent::Request(&from_trunk("ACK", 10)));
+    h.advance_to(Duration::from_secs(1));
+    let mut info = from_trunk("INFO", 11);
+    info.headers
+        .push(HeaderName::ContentType, "application/dtmf-relay");
+    info.body = b"Signal=2\r\nDuration=160\r\n".to_vec();
+    h.sip(SipLeg::Caller, DialogEvent::Request(&info));
+    h.advance_to(Duration::from_secs(2));
+    let outputs = h.take();
+    assert_eq!(
+        response_status(sip_sends(&outputs, SipLeg::Caller)[0]),
+        Some(200)
+    );
+    assert!(
+        outputs
+            .iter()
+            .any(|o| matches!(o, CallOutput::Route { queue, .. } if queue == "tributi"))
+    );
+    h.input(CallInput::HangUp);
+    let outputs = h.take();
+    assert!(is_request(
+        sip_sends(&outputs, SipLeg::Caller)[0],
+        Method::Bye
+    ));
+    assert_eq!(
+        outputs.last(),
+        Some(&CallOutput::Ended {
+            cause: HangupCause::Console
+        })
+    );
+}
+
+#[test]
+fn an_invite_the_ivr_cannot_answer_is_refused() {
+    let (library, ivr) = library_and_ivr();
+    let dialog = DialogConfig::new(Uri::parse("sip:ccu@192.0.2.1").expect("uri"), "192.0.2.1");
+    let config = CallConfig {
+        caller_dialog: dialog.clone(),
+        phone_dialog: dialog,
+        media: CallMediaConfig::default(),
+        ring_timeout: Duration::from_secs(15),
+    };
+    let mut invite = invite();
+    invite.headers.remove_all(&HeaderName::Contact);
+    let start = StreamStart {
+        ssrc: 1,
+        sequence: 1,
+        timestamp: 1,
+    };
+    let setup = CallSetup {
+        invite,
+        local_tag: "x".into(),
+        source_ip: "203.0.113.5".parse().expect("ip"),
+        caller_number: String::new(),
+        caller_media: LocalMedia::new("192.0.2.1".parse().expect("ip"), 1, 1),
+        phone_media: LocalMedia::new("192.0.2.1".parse().expect("ip"), 2, 2),
+        streams: CallStreams {
+            caller: start,
+            player: start,
+        },
+        operator_stream: start,
+        opening: Opening::Open,
+    };
+    let refused = Call::new(
+        Instant::now(),
+        config.clone(),
+        setup.clone(),
+        library.clone(),
+        ivr.clone(),
+    )
+    .err()
+    .expect("no dialog without Contact");
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST);
+
+    let mut setup = setup;
+    setup.invite = request(
+        &String::from_utf8(invite_head()).expect("utf8"),
+        &TRUNK_OFFER.replace("RTP/AVP 8 101", "RTP/AVP 18"),
+    );
+    let mut call = Call::new(Instant::now(), config, setup, library, ivr).expect("a dialog");
+    let now = Instant::now();
+    let outputs: Vec<CallOutput> = std::iter::from_fn(|| call.poll(now)).collect();
+    assert_eq!(
+        response_status(sip_sends(&outputs, SipLeg::Caller)[0]),
+        Some(488)
+    );
+    assert_eq!(
+        outputs.last(),
+        Some(&CallOutput::Ended {
+            cause: HangupCause::NotAcceptable
+        })
+    );
+}
+
+fn invite_head() -> Vec<u8> {
+    let bytes = invite().to_bytes();
+    let text = String::from_utf8(bytes).expect("utf8");
+    let head = text
+        .split("Content-Length")
+        .next()
+        .expect("head")
+        .to_owned();
+    head.into_bytes()
+}
