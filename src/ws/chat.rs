@@ -17,7 +17,8 @@ use axum::response::Response;
 use serde_json::{Value, json};
 
 use super::{
-    MAX_FRAME_BYTES, decode, error_frame, optional_text, send, send_error, text_field, valid_email,
+    MAX_FRAME_BYTES, READ_BUFFER_BYTES, decode, error_frame, optional_text, send, send_error,
+    text_field, valid_email,
 };
 use crate::api::auth::client_address;
 use crate::api::error::ApiError;
@@ -40,6 +41,7 @@ pub async fn chat_socket(
     upgrade
         .max_message_size(MAX_FRAME_BYTES)
         .max_frame_size(MAX_FRAME_BYTES)
+        .read_buffer_size(READ_BUFFER_BYTES)
         .on_upgrade(move |socket| {
             ChatSession {
                 bus: state.bus.keyed(),

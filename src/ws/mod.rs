@@ -21,6 +21,11 @@ use crate::api::error::ApiError;
 
 /// Largest frame a client may send; bigger ones close the socket (1009).
 pub const MAX_FRAME_BYTES: usize = 16 * 1024;
+/// The initial read buffer of a socket. tungstenite allocates 128 KiB per
+/// socket by default, and a socket that receives for long enough touches
+/// all of it: 1.3 GB for ten thousand chats. Frames are small (at most
+/// [`MAX_FRAME_BYTES`]) and the buffer grows for a larger one.
+pub const READ_BUFFER_BYTES: usize = 4 * 1024;
 
 /// Sends one JSON frame; `false` when the client is gone.
 pub async fn send(socket: &mut WebSocket, value: &impl Serialize) -> bool {

@@ -16,7 +16,10 @@ use axum::response::{IntoResponse, Response};
 use ccu_routing::Presence;
 use serde_json::{Value, json};
 
-use super::{MAX_FRAME_BYTES, check_origin, decode, error_frame, optional_text, send, text_field};
+use super::{
+    MAX_FRAME_BYTES, READ_BUFFER_BYTES, check_origin, decode, error_frame, optional_text, send,
+    text_field,
+};
 use crate::api::error::ApiError;
 use crate::app::AppState;
 use crate::auth::Auth;
@@ -38,6 +41,7 @@ pub async fn operator_socket(
     upgrade
         .max_message_size(MAX_FRAME_BYTES)
         .max_frame_size(MAX_FRAME_BYTES)
+        .read_buffer_size(READ_BUFFER_BYTES)
         .on_upgrade(move |socket| {
             Console {
                 bus: state.bus.keyed(),

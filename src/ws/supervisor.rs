@@ -17,7 +17,10 @@ use ccu_routing::Presence;
 use chrono::{TimeZone, Utc};
 use serde_json::{Value, json};
 
-use super::{MAX_FRAME_BYTES, check_origin, decode, error_frame, optional_text, send, text_field};
+use super::{
+    MAX_FRAME_BYTES, READ_BUFFER_BYTES, check_origin, decode, error_frame, optional_text, send,
+    text_field,
+};
 use crate::api::error::ApiError;
 use crate::api::queues::queue_visible;
 use crate::app::AppState;
@@ -42,6 +45,7 @@ pub async fn supervisor_socket(
     upgrade
         .max_message_size(MAX_FRAME_BYTES)
         .max_frame_size(MAX_FRAME_BYTES)
+        .read_buffer_size(READ_BUFFER_BYTES)
         .on_upgrade(move |socket| run(state, session, socket))
 }
 

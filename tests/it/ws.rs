@@ -44,6 +44,21 @@ impl Ws {
             .unwrap();
     }
 
+    /// The next text frame, whatever its kind (10 s at most).
+    async fn next(&mut self) -> Value {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match self.socket.next().await {
+                    Some(Ok(Frame::Text(text))) => return serde_json::from_str(&text).unwrap(),
+                    Some(Ok(_)) => continue,
+                    other => panic!("socket ended: {other:?}"),
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no frame within 10 s"))
+    }
+
     /// The next frame of `kind`, skipping others (10 s at most).
     async fn expect(&mut self, kind: &str) -> Value {
         tokio::time::timeout(Duration::from_secs(10), async {
@@ -418,4 +433,112 @@ async fn a_colleague_picked_from_the_operator_list_takes_a_transfer_and_their_wr
         (until - expected).abs() < 5_000,
         "ends 30 s from now: {until} vs {expected}"
     );
+}
+
+#[tokio::test]
+async fn an_offer_the_console_leaves_unanswered_is_withdrawn_and_goes_to_the_next_operator() {
+    let app = spawn_app_with(&[
+        ("queues.urp.schedule", json!("h24")),
+        ("queues.urp.holidays", json!(false)),
+        ("queues.urp.offer_timeout_seconds", json!(1)),
+    ])
+    .await;
+    let (_, sleepy_token) = app.user("dormiglione", "operator", "comune").await;
+    let mut sleepy = Ws::open(&app, "/ws/operator", Some(&sleepy_token))
+        .await
+        .unwrap();
+    sleepy.expect("hello").await;
+    sleepy
+        .send(json!({"type": "presence", "presence": "available"}))
+        .await;
+    sleepy.expect("presence").await;
+
+    let mut citizen = Ws::open(&app, "/ws/chat", None).await.unwrap();
+    citizen
+        .send(json!({"type": "start", "topic": "urp", "language": "it"}))
+        .await;
+    let conversation = citizen.expect("started").await["conversation_id"].clone();
+    let offer = sleepy.expect("offer").await;
+    assert_eq!(offer["conversation"]["id"], conversation);
+    let expires = offer["expires_at"].as_i64().unwrap();
+    assert!(expires > ccu::now_ms() - 1_000, "a countdown to show");
+    // Nobody clicks: the offer lapses.
+    let withdrawn = sleepy.expect("offer_withdrawn").await;
+    assert_eq!(withdrawn["offer"], offer["offer"]);
+    assert_eq!(withdrawn["reason"], "timed_out");
+
+    // A colleague who does answer gets the same conversation.
+    let (mut awake, taken) = operator_with_chat(&app, "sveglia").await;
+    assert_eq!(json!(taken), conversation);
+    assert_eq!(citizen.expect("assigned").await["operator"], "sveglia");
+    awake
+        .send(json!({"type": "message", "conversation_id": taken, "client_id": "o-1", "text": "eccomi"}))
+        .await;
+    awake.expect("ack").await;
+    assert_eq!(citizen.expect("message").await["text"], "eccomi");
+}
+
+#[tokio::test]
+async fn a_console_is_never_offered_more_chats_than_its_capacity() {
+    let app = chat_app().await;
+    // Two chats at once for this operator.
+    let password = "una password lunga e sicura";
+    let created = app
+        .post(
+            "/api/v1/users",
+            &app.admin_token,
+            &json!({
+                "username": "due.chat", "display_name": "due.chat", "password": password,
+                "role": "operator", "skills": {"informazioni": 5}, "languages": ["it"],
+                "capacity": {"chat": 2},
+            }),
+        )
+        .await;
+    assert_eq!(created.status(), 201);
+    let token = app.login("due.chat", password).await;
+    let mut console = Ws::open(&app, "/ws/operator", Some(&token)).await.unwrap();
+    console.expect("hello").await;
+
+    let mut citizens = Vec::new();
+    for _ in 0..3 {
+        let mut citizen = Ws::open(&app, "/ws/chat", None).await.unwrap();
+        citizen
+            .send(json!({"type": "start", "topic": "urp", "language": "it"}))
+            .await;
+        citizen.expect("started").await;
+        citizens.push(citizen);
+    }
+    console
+        .send(json!({"type": "presence", "presence": "available"}))
+        .await;
+    // Offers and assignments interleave: accept each offer as it comes.
+    let mut held = Vec::new();
+    let mut offered = 0;
+    while held.len() < 2 {
+        let frame = console.next().await;
+        match frame["type"].as_str() {
+            Some("offer") => {
+                offered += 1;
+                console
+                    .send(json!({"type": "accept", "offer": frame["offer"]}))
+                    .await;
+            }
+            Some("assigned") => held.push(
+                frame["conversation"]["conversation"]["id"]
+                    .as_i64()
+                    .unwrap(),
+            ),
+            _ => {}
+        }
+    }
+    assert_eq!(offered, 2, "exactly two offers for two places");
+    // A third offer must not come while two chats are in hand.
+    let third = tokio::time::timeout(Duration::from_secs(2), console.expect("offer")).await;
+    assert!(third.is_err(), "offered a third chat beyond capacity");
+    // Ending one frees a place (wrap-up is 0 s here): the third is offered.
+    console
+        .send(json!({"type": "end", "conversation_id": held[0]}))
+        .await;
+    let offer = console.expect("offer").await;
+    assert!(!held.contains(&offer["conversation"]["id"].as_i64().unwrap()));
 }
