@@ -46,6 +46,9 @@ pub struct Inner {
     /// The e-mail outbox, once the e-mail channel has started: web-form
     /// acknowledgements and chat transcripts go through it.
     pub outbox: std::sync::OnceLock<Arc<crate::email::EmailChannel>>,
+    /// The SIP endpoint, once the voice channel has started: the API lists
+    /// registrations through it, `/metrics` reads its counters.
+    pub sip: std::sync::OnceLock<ccu_channels::sip::endpoint::SipHandle>,
     pub chat_starts: RateLimiter,
     pub chat_messages: RateLimiter,
     pub forms: RateLimiter,
@@ -108,6 +111,7 @@ impl AppState {
             hashing: tokio::sync::Semaphore::new(hash_threads),
             passwords: auth::PasswordPool::new(hash_threads)?,
             outbox: std::sync::OnceLock::new(),
+            sip: std::sync::OnceLock::new(),
             chat_starts: RateLimiter::new(settings.public.chat_starts_per_address, public_window),
             chat_messages: RateLimiter::new(
                 settings.public.chat_messages_per_address,
@@ -129,6 +133,9 @@ pub struct Application {
     // e-mail channel (issue 6): the SMTP door and the outbox worker.
     smtp_addr: SocketAddr,
     email: crate::email::Running,
+    // voice channel (issue 5): the SIP endpoint, UDP and TCP on one port.
+    sip_addr: SocketAddr,
+    sip: crate::sip::Running,
     state: AppState,
     shutdown: CancellationToken,
 }
@@ -164,6 +171,8 @@ impl Application {
             .with_context(|| format!("binding http_addr {}", settings.http_addr))?;
         let http_addr = http.local_addr()?;
         let (smtp, smtp_addr) = crate::email::bind(settings.smtp_addr).await?;
+        let sip_sockets = crate::sip::bind(settings.sip_addr).await?;
+        let sip_addr = sip_sockets.addr();
         let router = crate::router::start(
             &settings,
             store.clone(),
@@ -177,9 +186,12 @@ impl Application {
                 .await??;
         let email = crate::email::start(&state, smtp, shutdown.child_token())
             .context("starting the e-mail channel")?;
+        let sip = crate::sip::start(&state, sip_sockets, shutdown.child_token())
+            .context("starting the voice channel (SIP)")?;
         tracing::info!(
             %http_addr,
             %smtp_addr,
+            %sip_addr,
             store = state.store.backend(),
             bus = state.bus.kind(),
             "ccu is ready"
@@ -189,6 +201,8 @@ impl Application {
             http_addr,
             smtp_addr,
             email,
+            sip_addr,
+            sip,
             state,
             shutdown,
         })
@@ -200,6 +214,11 @@ impl Application {
 
     pub fn smtp_addr(&self) -> SocketAddr {
         self.smtp_addr
+    }
+
+    /// The SIP address (UDP and TCP).
+    pub fn sip_addr(&self) -> SocketAddr {
+        self.sip_addr
     }
 
     pub fn state(&self) -> &AppState {
@@ -232,6 +251,13 @@ impl Application {
             .is_err()
         {
             tracing::warn!("grace period over; e-mail tasks still running");
+        }
+        // Pending SIP requests got 503 when the token was cancelled.
+        if tokio::time::timeout(grace, self.sip.stopped())
+            .await
+            .is_err()
+        {
+            tracing::warn!("grace period over; SIP tasks still running");
         }
         self.state.store.close().await;
         tracing::info!("ccu stopped");

@@ -1,4 +1,5 @@
-//! The `ccu` command line: `serve` (the default), `migrate`, `user add`.
+//! The `ccu` command line: `serve` (the default), `migrate`, `user add`,
+//! `user passwd`, `user sip`.
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -189,6 +190,21 @@ pub enum UserCommand {
         #[arg(long, required = true)]
         password_stdin: bool,
     },
+    /// Give a user a SIP account for their phones (the password is read
+    /// from standard input), or take it away with --remove.
+    Sip {
+        /// The ccu user.
+        #[arg(long)]
+        username: String,
+        /// What the phone registers as, e.g. 1001.
+        #[arg(long, required_unless_present = "remove")]
+        sip_username: Option<String>,
+        #[arg(long, required_unless_present = "remove")]
+        password_stdin: bool,
+        /// Remove the user's SIP account.
+        #[arg(long, conflicts_with_all = ["sip_username", "password_stdin"])]
+        remove: bool,
+    },
 }
 
 fn parse_skills(text: &str) -> Result<BTreeMap<String, u8>, String> {
@@ -306,6 +322,77 @@ async fn user_passwd(settings: Settings, username: String) -> anyhow::Result<()>
     Ok(())
 }
 
+/// `ccu user sip`: the same checks and audit entry as the API. A running
+/// server forgets the user's registered devices at their next refresh
+/// (the API forgets them at once).
+async fn user_sip(
+    settings: Settings,
+    username: String,
+    sip_username: Option<String>,
+    remove: bool,
+) -> anyhow::Result<()> {
+    let password = match (&sip_username, remove) {
+        (Some(sip_username), false) => {
+            let password = read_password()?;
+            let checks = crate::api::sip::validate_sip_username(sip_username)
+                .and_then(|_| validate_password(&settings, &password));
+            if let Err(err) = checks {
+                bail!("{err}");
+            }
+            Some(password)
+        }
+        _ => None,
+    };
+    let store = Store::connect(&settings.database_url).await?;
+    store.migrate().await?;
+    let Some((user, _)) = store.user_for_login(&username).await? else {
+        bail!("username: no user {username:?}");
+    };
+    let now = crate::now_ms();
+    let (action, detail) = match (sip_username, password) {
+        (Some(sip_username), Some(password)) => {
+            let realm = &settings.sip.registrar.realm;
+            match store
+                .set_sip_account(user.id, &sip_username, realm, &password, now)
+                .await
+            {
+                Err(crate::store::StoreError::Conflict(_)) => {
+                    bail!("sip-username: {sip_username:?} belongs to another user")
+                }
+                other => other?,
+            };
+            println!(
+                "{} registers as {sip_username} in realm {realm}",
+                user.username
+            );
+            (
+                "sip_account_set",
+                serde_json::json!({ "sip_username": sip_username, "realm": realm, "via": "cli" }),
+            )
+        }
+        _ => {
+            if !store.delete_sip_account(user.id).await? {
+                bail!("{} has no SIP account", user.username);
+            }
+            println!("{} has no SIP account any more", user.username);
+            ("sip_account_removed", serde_json::json!({ "via": "cli" }))
+        }
+    };
+    store
+        .audit(
+            &crate::store::AuditEntry {
+                actor_user_id: None,
+                address: None,
+                action,
+                target: Some(user.username),
+                detail,
+            },
+            now,
+        )
+        .await?;
+    Ok(())
+}
+
 pub async fn migrate(settings: Settings) -> anyhow::Result<()> {
     create_data_dir(&settings.data_dir)?;
     let store = Store::connect(&settings.database_url).await?;
@@ -318,6 +405,12 @@ pub async fn migrate(settings: Settings) -> anyhow::Result<()> {
 pub async fn user(settings: Settings, action: UserCommand) -> anyhow::Result<()> {
     let (username, role, organization, display_name, skills, languages) = match action {
         UserCommand::Passwd { username, .. } => return user_passwd(settings, username).await,
+        UserCommand::Sip {
+            username,
+            sip_username,
+            remove,
+            ..
+        } => return user_sip(settings, username, sip_username, remove).await,
         UserCommand::Add {
             username,
             role,

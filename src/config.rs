@@ -81,7 +81,14 @@ pub struct Settings {
     pub queues: BTreeMap<String, Queue>,
     /// The e-mail channel (issue 6; `src/email.rs`).
     pub email: EmailSettings,
+    /// The voice channel's SIP endpoint, registrar, trunks and unified
+    /// numbers (issue 5; `src/sip.rs`, `docs/sip.md`).
+    #[serde(default)]
+    pub sip: SipSettings,
 }
+
+/// `[sip]`: the settings of `ccu_channels::sip` (every key has a default).
+pub type SipSettings = ccu_channels::sip::endpoint::SipConfig;
 
 fn default_redis_prefix() -> String {
     "ccu".to_owned()
@@ -527,6 +534,7 @@ impl Settings {
             self.validate_queue(id, queue)?;
         }
         self.validate_email()?;
+        self.validate_sip()?;
         Ok(())
     }
 
@@ -816,6 +824,97 @@ impl Settings {
     }
 }
 
+// ---- voice channel: SIP (issue 5) ----
+
+impl Settings {
+    fn validate_sip(&self) -> Result<(), ConfigError> {
+        let sip = &self.sip;
+        for (key, value) in [
+            ("sip.t1_ms", sip.t1_ms),
+            ("sip.t2_ms", sip.t2_ms),
+            ("sip.t4_ms", sip.t4_ms),
+            ("sip.max_message_size", sip.max_message_size as u64),
+            ("sip.max_tcp_connections", sip.max_tcp_connections as u64),
+            ("sip.tcp_idle_timeout_secs", sip.tcp_idle_timeout_secs),
+            ("sip.max_transactions", sip.max_transactions as u64),
+            ("sip.tu_queue", sip.tu_queue as u64),
+            ("sip.registrar.nonce_ttl_secs", sip.registrar.nonce_ttl_secs),
+            (
+                "sip.registrar.max_bindings_per_operator",
+                sip.registrar.max_bindings_per_operator as u64,
+            ),
+            (
+                "sip.registrar.max_auth_failures",
+                sip.registrar.max_auth_failures.into(),
+            ),
+        ] {
+            positive(key, value)?;
+        }
+        if sip.t2_ms < sip.t1_ms {
+            return Err(ConfigError::new("sip.t2_ms", "must not be below t1_ms"));
+        }
+        if sip.max_message_size < 1_500 {
+            return Err(ConfigError::new(
+                "sip.max_message_size",
+                "at least 1500 bytes",
+            ));
+        }
+        let registrar = &sip.registrar;
+        if registrar.algorithms.is_empty() {
+            return Err(ConfigError::new(
+                "sip.registrar.algorithms",
+                "at least one of \"SHA-256\", \"MD5\"",
+            ));
+        }
+        let realm = &registrar.realm;
+        if realm.is_empty()
+            || realm.len() > 128
+            || realm
+                .chars()
+                .any(|c| c.is_control() || c == '"' || c == '\\')
+        {
+            return Err(ConfigError::new(
+                "sip.registrar.realm",
+                "1-128 characters, no quotes, backslashes or control characters",
+            ));
+        }
+        if registrar.min_expires > registrar.max_expires
+            || !(registrar.min_expires..=registrar.max_expires).contains(&registrar.default_expires)
+        {
+            return Err(ConfigError::new(
+                "sip.registrar.default_expires",
+                "min_expires <= default_expires <= max_expires",
+            ));
+        }
+        if sip.server_name.trim().is_empty() || sip.server_name.chars().any(char::is_control) {
+            return Err(ConfigError::new("sip.server_name", "must be a plain name"));
+        }
+        // Trunks and numbers: parsed once here, so the server never
+        // starts with one it could not use.
+        ccu_channels::sip::trunk::TrunkGate::new(sip, [0; 32])
+            .map_err(|e| ConfigError::new(format!("sip.{}", e.key), e.reason))?;
+        for (number, target) in &sip.numbers {
+            let key = format!("sip.numbers.{number:?}");
+            let queue = self.queues.get(&target.queue).ok_or_else(|| {
+                ConfigError::new(
+                    format!("{key}.queue"),
+                    format!("unknown queue {:?}", target.queue),
+                )
+            })?;
+            if !queue.channels.contains(&Channel::Voice) {
+                return Err(ConfigError::new(
+                    format!("{key}.queue"),
+                    format!("queue {:?} does not take the voice channel", target.queue),
+                ));
+            }
+            if let Some(ivr) = &target.ivr {
+                check_id(&format!("{key}.ivr"), ivr)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 fn positive(key: &str, value: u64) -> Result<(), ConfigError> {
     if value == 0 {
         Err(ConfigError::new(key, "must be greater than 0"))
@@ -899,6 +998,38 @@ mod tests {
     fn a_typo_in_a_key_is_refused() {
         let err = with("auth.session_ttl_secnds", 10).unwrap_err();
         assert!(err.reason.contains("session_ttl_secnds"), "{err}");
+    }
+
+    #[test]
+    fn the_sip_section_is_read_checked_and_named_in_errors() {
+        let settings = Settings::from_figment(Figment::new().merge(Toml::file(default_file())))
+            .expect("default config must be valid");
+        assert_eq!(settings.sip.registrar.realm, "comune.monteverde.it");
+        assert_eq!(settings.sip.numbers["+390612345678"].queue, "urp");
+        assert!(
+            settings.sip.trunks.is_empty(),
+            "no trunk is trusted by default"
+        );
+        let err = with("sip.registrar.algorithms", Vec::<String>::new()).unwrap_err();
+        assert_eq!(err.key, "sip.registrar.algorithms");
+        let err = with("sip.registrar.algorithms", ["SHA-1"]).unwrap_err();
+        assert!(err.key.starts_with("sip.registrar.algorithms"), "{err}");
+        assert!(err.reason.contains("SHA-1"), "{err}");
+        let err = with("sip.t1_msec", 100).unwrap_err();
+        assert!(err.reason.contains("t1_msec"), "{err}");
+        let err = with(
+            "sip.numbers",
+            BTreeMap::from([("+390612345678", BTreeMap::from([("queue", "nessuna")]))]),
+        )
+        .unwrap_err();
+        assert_eq!(err.key, "sip.numbers.\"+390612345678\".queue");
+        let trunk = |sources: &str| serde_json::json!([{ "name": "carrier", "sources": [sources], "numbers": ["+390612345678"] }]);
+        let err = with("sip.trunks", trunk("192.0.2.0/99")).unwrap_err();
+        assert_eq!(err.key, "sip.trunks[0].sources");
+        let settings = with("sip.trunks", trunk("192.0.2.0/24")).unwrap();
+        assert_eq!(settings.sip.trunks[0].name, "carrier");
+        let err = with("sip.trunks", serde_json::json!([{ "name": "carrier", "sources": ["192.0.2.1"], "numbers": ["+390612345678"], "password": "x" }])).unwrap_err();
+        assert_eq!(err.key, "sip.trunks[0].password");
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod fanout;
 pub mod hub;
 pub mod ratelimit;
 pub mod router;
+pub mod sip;
 pub mod store;
 pub mod telemetry;
 pub mod web;

@@ -46,6 +46,7 @@ fn command(dir: &Path) -> Command {
         .env("CCU_HTTP_ADDR", "127.0.0.1:0")
         .env("CCU_SMTP_ADDR", "127.0.0.1:0")
         .env("CCU_SIP_ADDR", "127.0.0.1:0")
+        .env("CCU_SIP_ADDR", "127.0.0.1:0")
         .env("CCU_DATA_DIR", dir)
         .env(
             "CCU_DATABASE_URL",

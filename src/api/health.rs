@@ -50,6 +50,8 @@ pub struct Readiness {
     /// in-process or redis.
     pub bus: &'static str,
     pub bus_ok: bool,
+    /// The SIP endpoint (voice) is running.
+    pub sip_ok: bool,
 }
 
 /// The process is up.
@@ -58,7 +60,7 @@ async fn healthz() -> Json<Health> {
     Json(Health { status: "ok" })
 }
 
-/// The store answers and the bus delivers; listeners are bound before the
+/// The store answers, the bus delivers and the SIP endpoint runs; listeners are bound before the
 /// server accepts anything, so answering at all means they are.
 #[utoipa::path(
     get, path = "/readyz", tag = "health", security(()),
@@ -67,13 +69,15 @@ async fn healthz() -> Json<Health> {
 async fn readyz(State(state): State<AppState>) -> Response {
     let store_ok = state.store.ping().await.is_ok();
     let bus_ok = state.bus.healthy().await;
-    let ready = store_ok && bus_ok;
+    let sip_ok = crate::sip::handle(&state).is_some_and(|sip| sip.is_running());
+    let ready = store_ok && bus_ok && sip_ok;
     let body = Readiness {
         status: if ready { "ready" } else { "unavailable" },
         store: state.store.backend(),
         store_ok,
         bus: state.bus.kind(),
         bus_ok,
+        sip_ok,
     };
     let status = if ready {
         StatusCode::OK
@@ -108,6 +112,7 @@ async fn metrics_text(
             return Err(ApiError::Unauthorized);
         }
     }
+    crate::sip::export_metrics(&state);
     let handle = metrics_handle();
     handle.run_upkeep();
     Ok((

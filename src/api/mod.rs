@@ -15,6 +15,7 @@ pub mod json;
 pub mod operators;
 pub mod queues;
 pub mod requests;
+pub mod sip;
 pub mod users;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -86,6 +87,7 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .merge(operators::router())
         .merge(conversations::router())
         .merge(requests::router())
+        .merge(sip::router())
 }
 
 /// The OpenAPI document (also served at `/api/openapi.json`).

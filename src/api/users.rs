@@ -304,7 +304,13 @@ async fn create_user(
     Ok((StatusCode::CREATED, Json(user)))
 }
 
-async fn visible_user(state: &AppState, auth: &AdminAuth, id: i64) -> Result<User, ApiError> {
+/// The user `id` if the admin manages them; else 404 (shared with the
+/// SIP account routes in `api/sip.rs`).
+pub(crate) async fn visible_user(
+    state: &AppState,
+    auth: &AdminAuth,
+    id: i64,
+) -> Result<User, ApiError> {
     match state.store.get_user(id).await? {
         Some(user) if management_scope(auth).allows_organization(&user.organization_id) => Ok(user),
         _ => Err(ApiError::NotFound("user")),

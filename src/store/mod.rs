@@ -90,6 +90,8 @@ pub use chat::{Contact, OpenOffer};
 
 pub mod mail; // e-mail channel (issue 6)
 
+pub mod sip; // voice channel (issue 5)
+
 fn migrations(backend: &str) -> Vec<Migration> {
     let files: &[(i64, &str, &str)] = match backend {
         "sqlite" => &[
@@ -113,6 +115,11 @@ fn migrations(backend: &str) -> Vec<Migration> {
                 "chat",
                 include_str!("../../migrations/sqlite/0004_chat.sql"),
             ),
+            (
+                5,
+                "sip",
+                include_str!("../../migrations/sqlite/0005_sip.sql"),
+            ), // voice (issue 5)
         ],
         _ => &[
             (
@@ -135,6 +142,11 @@ fn migrations(backend: &str) -> Vec<Migration> {
                 "chat",
                 include_str!("../../migrations/postgres/0004_chat.sql"),
             ),
+            (
+                5,
+                "sip",
+                include_str!("../../migrations/postgres/0005_sip.sql"),
+            ), // voice (issue 5)
         ],
     };
     files

@@ -64,6 +64,7 @@ pub async fn test_settings(dir: &Path, overrides: &[(&str, Value)]) -> Settings 
         .merge(Toml::file(repo_path(DEFAULT_CONFIG_PATH)))
         .merge(Serialized::global("http_addr", "127.0.0.1:0"))
         .merge(Serialized::global("smtp_addr", "127.0.0.1:0"))
+        .merge(Serialized::global("sip_addr", "127.0.0.1:0"))
         .merge(Serialized::global("data_dir", dir.display().to_string()))
         .merge(Serialized::global(
             "database_url",
@@ -86,6 +87,8 @@ pub async fn test_settings(dir: &Path, overrides: &[(&str, Value)]) -> Settings 
 pub struct TestApp {
     pub addr: SocketAddr,
     pub smtp_addr: SocketAddr,
+    /// SIP, UDP and TCP on this one port.
+    pub sip_addr: SocketAddr,
     pub state: AppState,
     pub client: reqwest::Client,
     pub dir: TempDir,
@@ -121,6 +124,7 @@ async fn start(dir: TempDir, settings: Settings, admin_token: String) -> TestApp
         .expect("the app starts");
     let addr = app.http_addr();
     let smtp_addr = app.smtp_addr();
+    let sip_addr = app.sip_addr();
     let state = app.state().clone();
     let server = tokio::spawn(app.run());
     let client = reqwest::Client::builder()
@@ -130,6 +134,7 @@ async fn start(dir: TempDir, settings: Settings, admin_token: String) -> TestApp
     TestApp {
         addr,
         smtp_addr,
+        sip_addr,
         state,
         client,
         dir,

@@ -12,5 +12,6 @@ mod email;
 mod helpers;
 mod process;
 mod routing;
+mod sip;
 mod store_suite;
 mod ws;

@@ -17,6 +17,7 @@ pub struct Server {
     pub child: Child,
     pub addr: SocketAddr,
     pub smtp: SocketAddr,
+    pub sip: SocketAddr,
 }
 
 impl Drop for Server {
@@ -32,6 +33,7 @@ fn command(dir: &Path, database_url: &str) -> Command {
         .arg(repo_path("config/default.toml"))
         .env("CCU_HTTP_ADDR", "127.0.0.1:0")
         .env("CCU_SMTP_ADDR", "127.0.0.1:0")
+        .env("CCU_SIP_ADDR", "127.0.0.1:0")
         .env("CCU_DATA_DIR", dir)
         .env("CCU_DATABASE_URL", database_url)
         .env("CCU_LOG_FORMAT", "json")
@@ -71,18 +73,19 @@ pub fn start_with(dir: &Path, database_url: &str, env: &[(&str, String)]) -> Ser
                 && log["message"] == "ccu is ready"
             {
                 let field = |name: &str| log[name].as_str().unwrap_or_default().to_owned();
-                let _ = tx.send((field("http_addr"), field("smtp_addr")));
+                let _ = tx.send((field("http_addr"), field("smtp_addr"), field("sip_addr")));
                 sent = true;
             }
         }
     });
-    let (addr, smtp) = rx
+    let (addr, smtp, sip) = rx
         .recv_timeout(Duration::from_secs(60))
         .expect("the server logs that it is ready, with its addresses");
     Server {
         child,
         addr: addr.parse().unwrap(),
         smtp: smtp.parse().unwrap(),
+        sip: sip.parse().unwrap(),
     }
 }
 

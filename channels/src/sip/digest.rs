@@ -49,8 +49,8 @@ use crate::sip::scan::quote;
 /// A digest algorithm. The `-sess` variants are not offered: SIP phones
 /// rarely implement them and they add nothing for REGISTER. In
 /// configuration it is written as in `algorithm=` (`"SHA-256"`, `"MD5"`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize)]
-#[serde(try_from = "String")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize, serde::Serialize)]
+#[serde(try_from = "String", into = "String")]
 pub enum Algorithm {
     Md5,
     Sha256,
@@ -88,6 +88,12 @@ impl Algorithm {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("unknown digest algorithm {0:?} (expected MD5, SHA-256 or SHA-512-256)")]
 pub struct UnknownAlgorithm(pub String);
+
+impl From<Algorithm> for String {
+    fn from(algorithm: Algorithm) -> String {
+        algorithm.as_str().to_owned()
+    }
+}
 
 impl TryFrom<String> for Algorithm {
     type Error = UnknownAlgorithm;

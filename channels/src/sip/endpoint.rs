@@ -65,13 +65,13 @@
 //! [`Request::record_source`] stamps on every request received.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{Semaphore, mpsc};
@@ -89,11 +89,12 @@ use crate::sip::transaction::{
     TimerConfig, TransactionKey, Transport,
 };
 use crate::sip::transport::{TransportKind, response_destination};
+use crate::sip::trunk::{NumberConfig, TrunkConfig};
 use crate::sip::validate::{Inbound, Policy, StreamInbound, receive_datagram, receive_stream};
 
 /// Endpoint settings (`[sip]` in the server's configuration). Every field
 /// has a default.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SipConfig {
     /// RFC 3261 T1 (RTT estimate), T2 and T4, in milliseconds.
@@ -118,6 +119,16 @@ pub struct SipConfig {
     pub server_name: String,
     pub rate_limit: RateLimitConfig,
     pub registrar: RegistrarConfig,
+    /// The calling code of numbers written without one (`"39"`: Italy).
+    pub default_country_code: String,
+    /// The unified number(s), E.164, and where their calls go
+    /// (`[sip.numbers."+390612345678"]`). Read by [`TrunkGate`].
+    ///
+    /// [`TrunkGate`]: crate::sip::trunk::TrunkGate
+    pub numbers: BTreeMap<String, NumberConfig>,
+    /// The carriers' trunks that may deliver calls to those numbers
+    /// (`[[sip.trunks]]`).
+    pub trunks: Vec<TrunkConfig>,
 }
 
 impl Default for SipConfig {
@@ -134,6 +145,9 @@ impl Default for SipConfig {
             server_name: "ccu".into(),
             rate_limit: RateLimitConfig::default(),
             registrar: RegistrarConfig::default(),
+            default_country_code: crate::sip::phone::DEFAULT_COUNTRY_CODE.into(),
+            numbers: BTreeMap::new(),
+            trunks: Vec::new(),
         }
     }
 }
@@ -326,14 +340,31 @@ impl Counters {
     }
 }
 
-/// A running endpoint.
+/// A running endpoint: its tasks, and a [`SipHandle`] to talk to it
+/// (`SipEndpoint` derefs to it).
 pub struct SipEndpoint {
+    handle: SipHandle,
+    tasks: JoinSet<()>,
+}
+
+/// What the rest of the server holds of the endpoint: cheap to clone,
+/// usable from any task (the API lists registrations, the call layer sends
+/// requests, `/metrics` reads the counters).
+#[derive(Clone)]
+pub struct SipHandle {
     core: mpsc::Sender<CoreInput>,
     udp_addr: SocketAddr,
     tcp_addr: Option<SocketAddr>,
     registrar: Arc<Mutex<Registrar>>,
     counters: Arc<Counters>,
-    tasks: JoinSet<()>,
+}
+
+impl std::ops::Deref for SipEndpoint {
+    type Target = SipHandle;
+
+    fn deref(&self) -> &SipHandle {
+        &self.handle
+    }
 }
 
 /// The clock of the shell. Tokio's, so that `tokio::time::pause` moves
@@ -470,17 +501,32 @@ impl SipEndpoint {
         tasks.spawn(core.run(core_rx, shutdown));
         Ok((
             SipEndpoint {
-                core: core_tx,
-                udp_addr,
-                tcp_addr,
-                registrar,
-                counters,
+                handle: SipHandle {
+                    core: core_tx,
+                    udp_addr,
+                    tcp_addr,
+                    registrar,
+                    counters,
+                },
                 tasks,
             },
             tu_rx,
         ))
     }
 
+    /// A handle for other tasks.
+    pub fn handle(&self) -> SipHandle {
+        self.handle.clone()
+    }
+
+    /// Waits until every task of the endpoint has stopped (after the
+    /// shutdown token is cancelled).
+    pub async fn wait(mut self) {
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+impl SipHandle {
     pub fn udp_addr(&self) -> SocketAddr {
         self.udp_addr
     }
@@ -494,6 +540,20 @@ impl SipEndpoint {
         lock(&self.registrar)
             .registrations()
             .lookup(operator, now())
+    }
+
+    /// The operator's registered devices with the seconds each has left.
+    pub fn bindings_with_expiry(&self, operator: OperatorId) -> Vec<(Binding, u64)> {
+        let now = now();
+        lock(&self.registrar)
+            .registrations()
+            .lookup(operator, now)
+            .into_iter()
+            .map(|b| {
+                let left = b.expires_in(now);
+                (b, left)
+            })
+            .collect()
     }
 
     pub fn stats(&self) -> EndpointStats {
@@ -542,10 +602,23 @@ impl SipEndpoint {
             .map_err(|_| RespondError::Closed)
     }
 
-    /// Waits until every task of the endpoint has stopped (after the
-    /// shutdown token is cancelled).
-    pub async fn wait(mut self) {
-        while self.tasks.join_next().await.is_some() {}
+    /// Forgets every registered device of `operator` (their SIP
+    /// credentials were removed); returns how many there were.
+    pub fn remove_bindings(&self, operator: OperatorId) -> usize {
+        lock(&self.registrar)
+            .registrations_mut()
+            .remove_operator(operator)
+    }
+
+    /// Registered devices of every operator (expired ones not yet purged
+    /// included), for `/metrics`.
+    pub fn binding_count(&self) -> usize {
+        lock(&self.registrar).registrations().len()
+    }
+
+    /// Whether the endpoint's core task is still running (`/readyz`).
+    pub fn is_running(&self) -> bool {
+        !self.core.is_closed()
     }
 }
 

@@ -668,6 +668,17 @@ impl Headers {
         Ok(out)
     }
 
+    /// Every P-Asserted-Identity value (RFC 3325 §9.1), in order: a trunk
+    /// may send a SIP URI and a `tel:` URI for the same caller.
+    pub fn asserted_identities(&self) -> Result<Vec<Address>, HeaderError> {
+        const H: &str = "P-Asserted-Identity";
+        let mut out = Vec::new();
+        for value in self.get_all(&HeaderName::PAssertedIdentity) {
+            out.extend(scan_list(value, H, |s| Address::scan(s, H))?);
+        }
+        Ok(out)
+    }
+
     /// The option tags of Require, Proxy-Require, Supported or
     /// Unsupported, in order.
     pub fn option_tags(&self, name: &HeaderName) -> Result<Vec<String>, HeaderError> {

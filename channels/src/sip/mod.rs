@@ -53,6 +53,7 @@ pub mod fuzzing;
 pub mod header;
 pub mod message;
 pub mod parse;
+pub mod phone;
 pub mod rate;
 pub mod registrar;
 pub mod reply;
@@ -60,6 +61,7 @@ pub(crate) mod scan;
 pub mod sdp;
 pub mod transaction;
 pub mod transport;
+pub mod trunk;
 pub mod uri;
 pub mod validate;
 

@@ -48,7 +48,7 @@ use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::sip::digest::{
     self, Algorithm, AuthOutcome, DigestCredentials, NonceConfig, NonceManager,
@@ -130,7 +130,7 @@ impl SipCredentials for StaticCredentials {
 }
 
 /// Registrar settings (`[sip.registrar]` in the server's configuration).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RegistrarConfig {
     /// The digest realm. HA1 values depend on it.
@@ -230,6 +230,14 @@ impl Registrations {
         removed
     }
 
+    /// Removes every binding of `operator` (their SIP credentials were
+    /// removed, or they were deactivated); returns how many.
+    pub fn remove_operator(&mut self, operator: OperatorId) -> usize {
+        self.by_operator
+            .remove(&operator)
+            .map_or(0, |list| list.len())
+    }
+
     /// Bindings held (expired ones not yet purged included).
     pub fn len(&self) -> usize {
         self.by_operator.values().map(Vec::len).sum()
@@ -310,6 +318,10 @@ impl Registrar {
 
     pub fn registrations(&self) -> &Registrations {
         &self.registrations
+    }
+
+    pub fn registrations_mut(&mut self) -> &mut Registrations {
+        &mut self.registrations
     }
 
     /// The digest credentials of `request` for our realm, if any.
