@@ -586,3 +586,61 @@ async fn a_request_to_a_tcp_peer_without_a_connection_is_a_transport_error() {
         .unwrap();
     assert_eq!(tx.next().await, Some(ClientOutcome::TransportError));
 }
+
+#[tokio::test]
+async fn a_cancel_keeps_the_via_of_its_invite_and_other_requests_get_a_fresh_one() {
+    let ep = spawn_endpoint(|_| {}).await;
+    let phone = Peer::new(ep.endpoint.udp_addr()).await;
+    let target = Target::Udp(phone.socket.local_addr().unwrap());
+    let invite_text = format!(
+        "INVITE sip:1001@127.0.0.1:{p} SIP/2.0\r\nMax-Forwards: 70\r\n\
+         From: <sip:ccu@{REALM}>;tag=ccu1\r\nTo: <sip:1001@{REALM}>\r\nCall-ID: out-2\r\n\
+         CSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n",
+        p = phone.port()
+    );
+    let Message::Request(invite) = parse(invite_text.as_bytes()).unwrap() else {
+        panic!()
+    };
+    let invite_tx = ep.endpoint.send_request(invite, target).await.unwrap();
+    let sent = phone
+        .recv_request_within(Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert_eq!(sent.headers.get(&HeaderName::Via), Some(invite_tx.via()));
+    assert!(invite_tx.via().contains(invite_tx.branch()));
+
+    // RFC 3261 §9.1: the CANCEL carries the INVITE's Via, so the phone
+    // matches it to the INVITE; the endpoint keeps the one it is given.
+    let cancel_text = format!(
+        "CANCEL sip:1001@127.0.0.1:{p} SIP/2.0\r\nVia: {via}\r\nMax-Forwards: 70\r\n\
+         From: <sip:ccu@{REALM}>;tag=ccu1\r\nTo: <sip:1001@{REALM}>\r\nCall-ID: out-2\r\n\
+         CSeq: 1 CANCEL\r\nContent-Length: 0\r\n\r\n",
+        p = phone.port(),
+        via = invite_tx.via()
+    );
+    let Message::Request(cancel) = parse(cancel_text.as_bytes()).unwrap() else {
+        panic!()
+    };
+    let cancel_tx = ep.endpoint.send_request(cancel, target).await.unwrap();
+    assert_eq!(cancel_tx.branch(), invite_tx.branch());
+    let sent = phone
+        .recv_request_within(Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert_eq!(sent.method, Method::Cancel);
+    let vias: Vec<&str> = sent.headers.get_all(&HeaderName::Via).collect();
+    assert_eq!(vias, [invite_tx.via()], "one Via, the INVITE's");
+
+    // Any other request with a Via of its own still gets ours on top.
+    let mut options = outgoing_options(phone.port());
+    options.headers = {
+        let mut headers = ccu_channels::sip::Headers::new();
+        headers.push(HeaderName::Via, invite_tx.via());
+        for h in &options.headers {
+            headers.push(h.name.clone(), h.value.clone());
+        }
+        headers
+    };
+    let options_tx = ep.endpoint.send_request(options, target).await.unwrap();
+    assert_ne!(options_tx.branch(), invite_tx.branch());
+}

@@ -252,7 +252,7 @@ pub enum Target {
     Tcp(SocketAddr),
 }
 
-/// What happens to a request sent with [`SipEndpoint::send_request`].
+/// What happens to a request sent with [`SipHandle::send_request`].
 #[derive(Debug, Clone, PartialEq)]
 pub enum ClientOutcome {
     /// A provisional or final response (RFC 3261 §17.1: retransmissions
@@ -271,6 +271,7 @@ pub enum ClientOutcome {
 pub struct ClientTx {
     events: mpsc::Receiver<ClientOutcome>,
     branch: String,
+    via: String,
 }
 
 impl ClientTx {
@@ -282,6 +283,13 @@ impl ClientTx {
     /// which must carry the same one, RFC 3261 §9.1).
     pub fn branch(&self) -> &str {
         &self.branch
+    }
+
+    /// The whole Via value the endpoint put on the request: a CANCEL of
+    /// it repeats it (`UacCall::sent_with_via`), and the endpoint then
+    /// keeps it.
+    pub fn via(&self) -> &str {
+        &self.via
     }
 }
 
@@ -564,7 +572,7 @@ impl SipHandle {
     /// the endpoint adds the top Via (its address, a fresh branch,
     /// `rport`), retransmits over UDP (Timers A/E) and reports responses,
     /// timeout or transport failure on the returned [`ClientTx`]. Not for
-    /// ACK (use [`SipEndpoint::send_stateless`]).
+    /// ACK (use [`SipHandle::send_stateless`]); a CANCEL that carries the Via of its INVITE (RFC 3261 §9.1) keeps it.
     pub async fn send_request(
         &self,
         request: Request,
@@ -581,10 +589,11 @@ impl SipHandle {
             })
             .await
             .map_err(|_| RespondError::Closed)?;
-        let branch = branch_rx.await.map_err(|_| RespondError::Closed)?;
+        let (branch, via) = branch_rx.await.map_err(|_| RespondError::Closed)?;
         Ok(ClientTx {
             events: receiver,
             branch,
+            via,
         })
     }
 
@@ -656,7 +665,7 @@ enum CoreInput {
         request: Request,
         target: Target,
         events: mpsc::Sender<ClientOutcome>,
-        branch: tokio::sync::oneshot::Sender<String>,
+        branch: tokio::sync::oneshot::Sender<(String, String)>,
     },
     Stateless {
         message: Message,
@@ -1028,12 +1037,11 @@ impl Core {
         mut request: Request,
         target: Target,
         events: mpsc::Sender<ClientOutcome>,
-        branch_reply: tokio::sync::oneshot::Sender<String>,
+        branch_reply: tokio::sync::oneshot::Sender<(String, String)>,
     ) {
         let now = now();
-        let branch = format!("z9hG4bK{}", self.tags.next());
-        let _ = branch_reply.send(branch.clone());
         let Some(destination) = self.destination(target) else {
+            let _ = branch_reply.send((String::new(), String::new()));
             let _ = events.try_send(ClientOutcome::TransportError);
             return;
         };
@@ -1041,17 +1049,31 @@ impl Core {
             Destination::Udp(_) => (TransportKind::Udp, Transport::Unreliable),
             Destination::Tcp(_) => (TransportKind::Tcp, Transport::Reliable),
         };
-        // Our Via goes on top (RFC 3261 §8.1.1.7, §18.1.1).
-        let via = format!(
-            "SIP/2.0/{transport} {};branch={branch};rport",
-            self.udp_addr
-        );
-        let mut headers = crate::sip::message::Headers::new();
-        headers.push(HeaderName::Via, via);
-        for header in &request.headers {
-            headers.push(header.name.clone(), header.value.clone());
-        }
-        request.headers = headers;
+        // A CANCEL carries the Via of the INVITE it cancels (RFC 3261
+        // §9.1): the caller gives it. Anything else gets our Via on top
+        // (§8.1.1.7, §18.1.1).
+        let given = (request.method == Method::Cancel)
+            .then(|| request.headers.top_via().ok())
+            .flatten()
+            .and_then(|via| Some((via.branch()?.to_owned(), via.to_string())));
+        let (branch, via) = match given {
+            Some(given) => given,
+            None => {
+                let branch = format!("z9hG4bK{}", self.tags.next());
+                let via = format!(
+                    "SIP/2.0/{transport} {};branch={branch};rport",
+                    self.udp_addr
+                );
+                let mut headers = crate::sip::message::Headers::new();
+                headers.push(HeaderName::Via, via.clone());
+                for header in &request.headers {
+                    headers.push(header.name.clone(), header.value.clone());
+                }
+                request.headers = headers;
+                (branch, via)
+            }
+        };
+        let _ = branch_reply.send((branch, via));
         let Ok(key) = TransactionKey::for_request(&request) else {
             let _ = events.try_send(ClientOutcome::TransportError);
             return;

@@ -141,6 +141,7 @@ impl StatusCode {
     pub const TOO_MANY_HOPS: StatusCode = StatusCode(483);
     pub const BUSY_HERE: StatusCode = StatusCode(486);
     pub const REQUEST_TERMINATED: StatusCode = StatusCode(487);
+    pub const NOT_ACCEPTABLE_HERE: StatusCode = StatusCode(488);
     pub const SERVER_INTERNAL_ERROR: StatusCode = StatusCode(500);
     pub const NOT_IMPLEMENTED: StatusCode = StatusCode(501);
     pub const SERVICE_UNAVAILABLE: StatusCode = StatusCode(503);
