@@ -12,7 +12,9 @@
 //!    `Proxy-Authenticate` challenge (RFC 3261 §22.3, the INVITE is then
 //!    repeated with `Proxy-Authorization`), a wrong digest, a replayed
 //!    nonce-count or an unknown username `403`, a right digest on an
-//!    expired nonce `407` with `stale=true`;
+//!    expired nonce `407` with `stale=true`; after the registrar's
+//!    `max_auth_failures` refusals within `auth_failure_window_secs` an
+//!    address gets `403` even with the right password;
 //! 2. **what is called**: the Request-URI's user part as an E.164 number
 //!    ([`PhoneNumber`]). Not one of `numbers`: `404`; one of ours that this
 //!    trunk may not deliver: `403`;
@@ -220,7 +222,14 @@ pub struct TrunkGate {
     trunks: Vec<Trunk>,
     numbers: HashMap<PhoneNumber, NumberRoute>,
     nonces: NonceManager,
+    /// Digest refusals per source address: (count, since).
+    failures: HashMap<IpAddr, (u32, Duration)>,
+    max_failures: u32,
+    failure_window: Duration,
 }
+
+/// Bounds the failure table under a flood from many addresses.
+const MAX_FAILURE_ENTRIES: usize = 100_000;
 
 impl TrunkGate {
     /// Parses and checks `trunks`, `numbers` and `default_country_code` of
@@ -345,6 +354,9 @@ impl TrunkGate {
             trunks,
             numbers,
             nonces,
+            failures: HashMap::new(),
+            max_failures: config.registrar.max_auth_failures.max(1),
+            failure_window: Duration::from_secs(config.registrar.auth_failure_window_secs),
         })
     }
 
@@ -380,7 +392,7 @@ impl TrunkGate {
             .find(|&i| self.trunks.get(i).is_some_and(|t| t.credential.is_none()));
         let index = match open {
             Some(i) => i,
-            None => match self.authenticate(request, &candidates, wall_clock) {
+            None => match self.authenticate(request, &candidates, ip, wall_clock) {
                 Ok(i) => i,
                 Err(Challenge::Ask { stale }) => {
                     return self.challenge(request, to_tag, wall_clock, stale);
@@ -431,9 +443,47 @@ impl TrunkGate {
         })
     }
 
+    /// Digest for the trunks among `candidates` that need it, with a
+    /// lock-out: after `max_auth_failures` refusals from one address within
+    /// `auth_failure_window_secs`, that address gets `403` whatever it
+    /// sends, so a password cannot be guessed at the rate limit's pace.
+    fn authenticate(
+        &mut self,
+        request: &Request,
+        candidates: &[usize],
+        ip: IpAddr,
+        wall_clock: Duration,
+    ) -> Result<usize, Challenge> {
+        let window = self.failure_window;
+        if self.failures.get(&ip).is_some_and(|(count, since)| {
+            *count >= self.max_failures && wall_clock.saturating_sub(*since) < window
+        }) {
+            return Err(Challenge::Refuse);
+        }
+        let outcome = self.check_digest(request, candidates, wall_clock);
+        match outcome {
+            Ok(_) => {
+                self.failures.remove(&ip);
+            }
+            Err(Challenge::Refuse) => {
+                if !self.failures.contains_key(&ip) && self.failures.len() >= MAX_FAILURE_ENTRIES {
+                    self.failures
+                        .retain(|_, (_, since)| wall_clock.saturating_sub(*since) < window);
+                }
+                let entry = self.failures.entry(ip).or_insert((0, wall_clock));
+                if wall_clock.saturating_sub(entry.1) >= window {
+                    *entry = (0, wall_clock);
+                }
+                entry.0 = entry.0.saturating_add(1);
+            }
+            Err(Challenge::Ask { .. }) => {}
+        }
+        outcome
+    }
+
     /// Checks the Proxy-Authorization against the credential trunks among
     /// `candidates`; the index of the trunk that authenticated.
-    fn authenticate(
+    fn check_digest(
         &mut self,
         request: &Request,
         candidates: &[usize],
@@ -505,9 +555,12 @@ impl TrunkGate {
         Admission::Refuse(response)
     }
 
-    /// Forgets expired nonces; call now and then.
+    /// Forgets expired nonces and failure records; call now and then.
     pub fn purge(&mut self, wall_clock: Duration) {
         self.nonces.purge(wall_clock);
+        let window = self.failure_window;
+        self.failures
+            .retain(|_, (_, since)| wall_clock.saturating_sub(*since) < window);
     }
 }
 
@@ -766,6 +819,64 @@ mod tests {
                 .unwrap()
                 .contains("stale=true")
         );
+    }
+
+    #[test]
+    fn repeated_wrong_digests_lock_the_address_out_for_the_window() {
+        let mut config = config();
+        config.registrar.max_auth_failures = 3;
+        config.registrar.auth_failure_window_secs = 300;
+        let mut gate = TrunkGate::new(&config, [5; 32]).unwrap();
+        let uri = format!("sip:{NUMBER}@ccu.example");
+        let guesser = from("203.0.113.66:5060");
+        let first =
+            refused(gate.admit(&invite(NUMBER, "<sip:1@x.example>", ""), guesser, WALL, "t"));
+        for nc in 1..=3 {
+            let wrong = answer(&first, "a guess at the password", nc, &uri);
+            let r = refused(gate.admit(
+                &invite(NUMBER, "<sip:1@x.example>", &wrong),
+                guesser,
+                WALL,
+                "t",
+            ));
+            assert_eq!(r.status, StatusCode::FORBIDDEN);
+        }
+        // Locked out: even the right password, even a fresh challenge round.
+        let right = answer(&first, PASSWORD, 4, &uri);
+        let r = refused(gate.admit(
+            &invite(NUMBER, "<sip:1@x.example>", &right),
+            guesser,
+            WALL,
+            "t",
+        ));
+        assert_eq!(r.status, StatusCode::FORBIDDEN);
+        let r = refused(gate.admit(&invite(NUMBER, "<sip:1@x.example>", ""), guesser, WALL, "t"));
+        assert_eq!(r.status, StatusCode::FORBIDDEN);
+        // Another address is not affected.
+        let right = answer(&first, PASSWORD, 5, &uri);
+        accepted(gate.admit(
+            &invite(NUMBER, "<sip:1@x.example>", &right),
+            from("203.0.113.7:5060"),
+            WALL,
+            "t",
+        ));
+        // After the window, a new challenge and the right password work.
+        let later = WALL + Duration::from_secs(301);
+        gate.purge(later);
+        let challenge = refused(gate.admit(
+            &invite(NUMBER, "<sip:1@x.example>", ""),
+            guesser,
+            later,
+            "t",
+        ));
+        assert_eq!(challenge.status, StatusCode::PROXY_AUTHENTICATION_REQUIRED);
+        let right = answer(&challenge, PASSWORD, 1, &uri);
+        accepted(gate.admit(
+            &invite(NUMBER, "<sip:1@x.example>", &right),
+            guesser,
+            later,
+            "t",
+        ));
     }
 
     #[test]
