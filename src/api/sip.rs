@@ -217,6 +217,8 @@ async fn remove_sip_account(
     Ok(StatusCode::NO_CONTENT)
 }
 
-fn forget_devices(state: &AppState, user_id: i64) -> usize {
+/// Forgets the user's registered phones (credentials changed or removed,
+/// user deactivated); how many there were.
+pub(crate) fn forget_devices(state: &AppState, user_id: i64) -> usize {
     crate::sip::handle(state).map_or(0, |sip| sip.remove_bindings(OperatorId(user_id)))
 }

@@ -207,11 +207,16 @@ fn dedup(list: Vec<String>) -> Vec<String> {
         .collect()
 }
 
-/// Tells the router about a new or changed user; a deactivated one goes offline.
+/// Tells the router about a new or changed user; a deactivated one goes
+/// offline and their registered phones are forgotten.
 async fn refresh_operator(state: &AppState, user: &User) {
     let router = state.hub.router();
     let profile = crate::router::operator_profile(&state.settings, router.ids(), user);
     let mut result = router.upsert_operator(profile).await;
+    if !user.active {
+        // Their phones can no longer refresh; forget them now.
+        super::sip::forget_devices(state, user.id);
+    }
     if result.is_ok() && !user.active {
         result = router
             .presence(user.id, ccu_routing::Presence::Offline)

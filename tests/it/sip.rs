@@ -283,9 +283,30 @@ async fn a_wrong_password_an_unknown_user_and_a_removed_account_never_register()
     assert_sipp_ok(&after, "removed account");
     assert_eq!(app.sip_view(id).await["username"], Value::Null);
 
-    // A deactivated user's phone cannot register either.
+    // A deactivated user's phone is forgotten and cannot register again.
     let (other, _) = app.user("op.uscito", "operator", "comune").await;
     assert_eq!(app.set_sip(other, "1004", SIP_PASSWORD).await.status(), 200);
+    let registered = sipp(
+        app.sip_addr,
+        "register_auth.xml",
+        "u1",
+        &args(
+            &[
+                register_as("1004", SIP_PASSWORD),
+                vec!["-i".into(), "127.0.0.3".into()],
+            ]
+            .concat(),
+        ),
+    )
+    .await;
+    assert_sipp_ok(&registered, "before deactivation");
+    assert_eq!(
+        app.sip_view(other).await["registrations"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
     let deactivated = app
         .client
         .delete(app.url(&format!("/api/v1/users/{other}")))
@@ -308,6 +329,7 @@ async fn a_wrong_password_an_unknown_user_and_a_removed_account_never_register()
     )
     .await;
     assert_sipp_ok(&output, "deactivated user");
+    assert_eq!(app.sip_view(other).await["registrations"], json!([]));
 }
 
 #[tokio::test]
