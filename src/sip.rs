@@ -128,6 +128,11 @@ async fn transaction_user(
         let response = match request.method {
             // The ACK of a 2xx: no dialogs yet, so nothing to absorb.
             Method::Ack => continue,
+            // A re-INVITE (its To has a tag) for a dialog we do not have
+            // (RFC 3261 §12.2.2).
+            Method::Invite if request.headers.to().is_ok_and(|to| to.tag().is_some()) => {
+                request.response(StatusCode::CALL_DOES_NOT_EXIST, to_tag)
+            }
             Method::Invite => {
                 match gate.admit(request, incoming.source, wall_clock(), to_tag) {
                     Admission::Accept(call) => {

@@ -562,6 +562,32 @@ async fn a_trunk_call_to_the_unified_number_is_taken_and_anything_else_refused()
     );
 }
 
+#[tokio::test]
+async fn requests_for_dialogs_ccu_does_not_have_get_481() {
+    let app = voice_app(&[("sip.trunks", trunks())]).await;
+    let peer = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let port = peer.local_addr().unwrap().port();
+    for (method, to_tag) in [
+        ("BYE", ";tag=gone"),
+        ("INVITE", ";tag=gone"),
+        ("INFO", ";tag=gone"),
+    ] {
+        let text = format!(
+            "{method} sip:{NUMBER}@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bK{method}1\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:carrier@127.0.0.1>;tag=c1\r\nTo: <sip:{NUMBER}@127.0.0.1>{to_tag}\r\n\
+             Call-ID: stale-{method}\r\nCSeq: 2 {method}\r\nContact: <sip:carrier@127.0.0.1:{port}>\r\nContent-Length: 0\r\n\r\n"
+        );
+        peer.send_to(text.as_bytes(), app.sip_addr).await.unwrap();
+        let mut buf = vec![0_u8; 8192];
+        let (len, _) = tokio::time::timeout(Duration::from_secs(5), peer.recv_from(&mut buf))
+            .await
+            .expect("an answer")
+            .unwrap();
+        let answer = String::from_utf8_lossy(&buf[..len]).into_owned();
+        assert!(answer.starts_with("SIP/2.0 481 "), "{method}: {answer}");
+    }
+}
+
 #[test]
 fn the_binary_binds_sip_and_ccu_user_sip_gives_a_phone_its_account() {
     use std::io::Write;
