@@ -68,6 +68,13 @@ pub struct Settings {
     pub time_zone: String,
     pub http: HttpSettings,
     pub auth: AuthSettings,
+    /// The voice channel's calls: media ports, prompts, ringing (issue 5;
+    /// `src/voice.rs`).
+    #[serde(default)]
+    pub voice: VoiceSettings,
+    /// The IVR menu tree of the unified number (`docs/media.md`).
+    #[serde(default)]
+    pub ivr: Option<ccu_channels::ivr::IvrConfig>,
     pub capacity: CapacitySettings,
     pub routing: RoutingSettings,
     pub public: PublicSettings,
@@ -496,6 +503,7 @@ impl Settings {
             ));
         }
         self.holiday_calendar()?;
+        self.validate_voice()?;
         for lang in &self.languages {
             if !is_language_code(lang) {
                 return Err(ConfigError::new(
@@ -915,6 +923,133 @@ impl Settings {
     }
 }
 
+// ---- voice channel: calls (issue 5) ----
+
+/// `[voice]`: the calls of the unified number.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VoiceSettings {
+    /// The UDP ports for RTP, `"first-last"`: one per call leg (two per
+    /// bridged call). `"0"` lets the system choose (tests).
+    pub rtp_ports: String,
+    /// The address put in SDP and Contact (what trunks and phones can
+    /// reach). Unset: the IP of `sip_addr` (which must then not be
+    /// unspecified).
+    pub media_address: Option<std::net::IpAddr>,
+    /// Directory of the prompt sets (`it/`, `en/`, `music/`).
+    pub prompts_dir: PathBuf,
+    /// How long an operator's phone rings before the offer is missed.
+    pub ring_timeout_seconds: u64,
+    /// Calls at once; more INVITEs get `503`.
+    pub max_calls: usize,
+    /// Relay (latching, media timeout) and announcer (callback key, music).
+    pub media: ccu_channels::media::call::CallMediaConfig,
+}
+
+impl Default for VoiceSettings {
+    fn default() -> Self {
+        Self {
+            rtp_ports: "20000-20999".to_owned(),
+            media_address: None,
+            prompts_dir: PathBuf::from("config/prompts"),
+            ring_timeout_seconds: 20,
+            max_calls: 500,
+            media: ccu_channels::media::call::CallMediaConfig::default(),
+        }
+    }
+}
+
+/// An RTP port range from `[voice] rtp_ports`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortRange {
+    pub first: u16,
+    pub last: u16,
+}
+
+impl PortRange {
+    /// `"20000-20999"`, or `"0"` for ports chosen by the system.
+    pub fn parse(text: &str) -> Result<PortRange, String> {
+        let text = text.trim();
+        if text == "0" {
+            return Ok(PortRange { first: 0, last: 0 });
+        }
+        let (first, last) = text
+            .split_once('-')
+            .ok_or_else(|| format!("{text:?} is not \"first-last\" or \"0\""))?;
+        let port = |p: &str| {
+            p.trim()
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p >= 1024)
+                .ok_or_else(|| format!("{p:?} is not a port from 1024 to 65535"))
+        };
+        let (first, last) = (port(first)?, port(last)?);
+        if last < first {
+            return Err(format!("{last} is below {first}"));
+        }
+        Ok(PortRange { first, last })
+    }
+
+    /// Whether the system picks the ports.
+    pub fn is_any(&self) -> bool {
+        self.first == 0
+    }
+
+    pub fn len(&self) -> usize {
+        usize::from(self.last - self.first) + 1
+    }
+
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+}
+
+impl Settings {
+    fn validate_voice(&self) -> Result<(), ConfigError> {
+        let voice = &self.voice;
+        let range = PortRange::parse(&voice.rtp_ports)
+            .map_err(|reason| ConfigError::new("voice.rtp_ports", reason))?;
+        if !range.is_any() && range.len() < 2 {
+            return Err(ConfigError::new(
+                "voice.rtp_ports",
+                "at least two ports (a call has two legs)",
+            ));
+        }
+        positive("voice.ring_timeout_seconds", voice.ring_timeout_seconds)?;
+        positive("voice.max_calls", voice.max_calls as u64)?;
+        if let Some(address) = voice.media_address
+            && address.is_unspecified()
+        {
+            return Err(ConfigError::new(
+                "voice.media_address",
+                "must be an address peers can reach, not 0.0.0.0 or ::",
+            ));
+        }
+        if voice.media_address.is_none() && self.sip_addr.ip().is_unspecified() {
+            return Err(ConfigError::new(
+                "voice.media_address",
+                "needed when sip_addr listens on every address",
+            ));
+        }
+        if let Some(key) = voice.media.announcer.callback_key
+            && !matches!(key, '0'..='9' | '*' | '#')
+        {
+            return Err(ConfigError::new(
+                "voice.media.announcer.callback_key",
+                format!("{key:?} is not a telephone key"),
+            ));
+        }
+        if let Some(ivr) = &self.ivr {
+            ivr.validate(
+                |queue| self.queues.contains_key(queue),
+                |language| self.languages.iter().any(|l| l == language),
+            )
+            .map_err(|e| ConfigError::new("ivr", e.to_string()))?;
+        }
+        Ok(())
+    }
+}
+
 fn positive(key: &str, value: u64) -> Result<(), ConfigError> {
     if value == 0 {
         Err(ConfigError::new(key, "must be greater than 0"))
@@ -960,6 +1095,44 @@ mod tests {
                 .merge(Toml::file(default_file()))
                 .merge(Serialized::global(key, value)),
         )
+    }
+
+    #[test]
+    fn the_default_voice_settings_and_menu_are_valid() {
+        let settings = Settings::from_figment(Figment::new().merge(Toml::file(default_file())))
+            .expect("default config must be valid");
+        assert_eq!(
+            PortRange::parse(&settings.voice.rtp_ports),
+            Ok(PortRange {
+                first: 20_000,
+                last: 20_999
+            })
+        );
+        let ivr = settings.ivr.expect("the demo menu");
+        assert_eq!(ivr.start, "main");
+        assert!(ivr.menus.contains_key("aziende"));
+    }
+
+    #[test]
+    fn bad_voice_settings_name_the_key() {
+        for (ports, reason) in [
+            ("20000", "is not \"first-last\""),
+            ("30000-20000", "is below"),
+            ("80-90", "not a port from 1024"),
+            ("20000-20000", "at least two ports"),
+        ] {
+            let error = with("voice.rtp_ports", ports).expect_err(ports);
+            assert_eq!(error.key, "voice.rtp_ports");
+            assert!(error.reason.contains(reason), "{ports}: {}", error.reason);
+        }
+        assert!(with("voice.rtp_ports", "0").is_ok(), "system-chosen ports");
+        let error = with("voice.media_address", "0.0.0.0").expect_err("unspecified");
+        assert_eq!(error.key, "voice.media_address");
+        let error = with("voice.ring_timeout_seconds", 0).expect_err("zero");
+        assert_eq!(error.key, "voice.ring_timeout_seconds");
+        let error = with("ivr.menus.main.choices.1.queue", "nowhere").expect_err("unknown queue");
+        assert_eq!(error.key, "ivr");
+        assert!(error.reason.contains("nowhere"), "{}", error.reason);
     }
 
     #[test]
