@@ -915,8 +915,16 @@ impl Settings {
                     format!("queue {:?} does not take the voice channel", target.queue),
                 ));
             }
-            if let Some(ivr) = &target.ivr {
-                check_id(&format!("{key}.ivr"), ivr)?;
+            if let Some(menu) = &target.ivr
+                && !self
+                    .ivr
+                    .as_ref()
+                    .is_some_and(|ivr| ivr.menus.contains_key(menu))
+            {
+                return Err(ConfigError::new(
+                    format!("{key}.ivr"),
+                    format!("unknown IVR menu {menu:?} (the menus of [ivr])"),
+                ));
             }
         }
         Ok(())
@@ -1196,6 +1204,19 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err.key, "sip.numbers.\"+390612345678\".queue");
+        assert_eq!(
+            settings.sip.numbers["+390612345678"].ivr.as_deref(),
+            Some("main")
+        );
+        let err = with(
+            "sip.numbers",
+            BTreeMap::from([(
+                "+390612345678",
+                BTreeMap::from([("queue", "urp"), ("ivr", "nessun_menu")]),
+            )]),
+        )
+        .unwrap_err();
+        assert_eq!(err.key, "sip.numbers.\"+390612345678\".ivr", "{err}");
         let trunk = |sources: &str| serde_json::json!([{ "name": "carrier", "sources": [sources], "numbers": ["+390612345678"] }]);
         let err = with("sip.trunks", trunk("192.0.2.0/99")).unwrap_err();
         assert_eq!(err.key, "sip.trunks[0].sources");
