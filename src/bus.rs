@@ -89,6 +89,10 @@ pub enum BusEvent {
     UserChanged {
         user_id: i64,
     },
+    /// Local only, never published: this node's bus may have missed events
+    /// (its Redis subscription was lost and is back). Every socket reloads
+    /// what it shows from the store.
+    Resync,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -116,7 +120,8 @@ struct RedisBus {
 }
 
 /// Events a slow subscriber may fall behind by before it is told it lagged.
-const BUFFER: usize = 4096;
+/// Large, because one announcement tick sends an event per waiting citizen.
+const BUFFER: usize = 65_536;
 
 impl Bus {
     pub fn in_process() -> Self {
@@ -237,7 +242,10 @@ async fn subscriber(
         };
         match connection {
             Ok(p) => {
-                subscribed.store(true, Ordering::SeqCst);
+                // Events published while we were away are lost to this node.
+                if !subscribed.swap(true, Ordering::SeqCst) {
+                    let _ = local.send(Arc::new(BusEvent::Resync));
+                }
                 backoff = Duration::from_millis(100);
                 let mut messages = p.into_on_message();
                 loop {

@@ -61,7 +61,10 @@ pub enum Delivery {
 }
 
 /// Events kept for [`Subscription::watch`] to replay.
-const REPLAY_WINDOW: usize = 4096;
+const REPLAY_WINDOW: usize = 16_384;
+/// Buckets of [`Registry::evicted`]: keys share a bucket by hash, so a
+/// collision can only cause a needless reload, never a missed event.
+const EVICTED_BUCKETS: usize = 4096;
 /// Events a subscription may have waiting before it is marked lagged.
 const QUEUE: usize = 256;
 
@@ -96,7 +99,7 @@ fn keys_of(event: &BusEvent) -> [Option<Key>; 2] {
         | MessageAdded {
             conversation_id, ..
         } => Some(Key::Conversation(*conversation_id)),
-        OperatorChanged { .. } | UserChanged { .. } => None,
+        OperatorChanged { .. } | UserChanged { .. } | Resync => None,
     };
     let operator = match event {
         ConversationChanged { operator_id, .. } => operator_id.map(Key::Operator),
@@ -128,6 +131,16 @@ struct Registry {
     by_key: HashMap<Key, Vec<u64>>,
     entries: HashMap<u64, Entry>,
     closed: bool,
+    /// Per bucket of keys, the newest sequence number that left the replay
+    /// window: `watch` reports a lag only if events *of its key* may be gone.
+    evicted: Vec<u64>,
+}
+
+fn bucket(key: Key) -> usize {
+    use std::hash::{BuildHasher, BuildHasherDefault};
+    let hash =
+        BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(key);
+    usize::try_from(hash % EVICTED_BUCKETS as u64).unwrap_or(0)
 }
 
 impl Registry {
@@ -170,8 +183,15 @@ impl Registry {
 
     fn dispatch(&mut self, event: Arc<BusEvent>) {
         self.seq += 1;
-        if self.recent.len() == REPLAY_WINDOW {
-            self.recent.pop_front();
+        if self.recent.len() == REPLAY_WINDOW
+            && let Some((seq, old)) = self.recent.pop_front()
+        {
+            if self.evicted.is_empty() {
+                self.evicted = vec![0; EVICTED_BUCKETS];
+            }
+            for key in keys_of(&old).into_iter().flatten() {
+                self.evicted[bucket(key)] = seq;
+            }
         }
         self.recent.push_back((self.seq, event.clone()));
         let keys = keys_of(&event);
@@ -238,6 +258,10 @@ impl Fanout {
         tokio::spawn(async move {
             loop {
                 match events.recv().await {
+                    // The bus itself may have missed events (Redis reconnected).
+                    Ok(event) if matches!(*event, BusEvent::Resync) => {
+                        lock(&shared).lag_everyone();
+                    }
                     Ok(event) => lock(&shared).dispatch(event),
                     Err(broadcast::error::RecvError::Lagged(missed)) => {
                         tracing::warn!(missed, "the fan-out fell behind the bus");
@@ -310,12 +334,12 @@ impl Subscription {
         if !registry.add_key(self.id, key) {
             return;
         }
-        let oldest_kept = registry
-            .recent
-            .front()
-            .map_or(registry.seq + 1, |(s, _)| *s);
-        if since + 1 < oldest_kept {
-            // Some events after `since` are gone from the window.
+        if registry
+            .evicted
+            .get(bucket(key))
+            .is_some_and(|&seq| seq > since)
+        {
+            // Events of this key after `since` may be gone from the window.
             self.lagged.store(true, Ordering::Release);
         }
         let replay: Vec<Arc<BusEvent>> = registry
@@ -511,6 +535,43 @@ mod tests {
         assert!(matches!(next(&mut sub).await, Delivery::Lagged));
         tx.send(Arc::new(message(1, 9999))).unwrap();
         assert!(is_message(&next(&mut sub).await, 9999));
+    }
+
+    #[tokio::test]
+    async fn watching_late_lags_only_when_events_of_that_key_left_the_window() {
+        let (tx, rx) = broadcast::channel(4 * REPLAY_WINDOW);
+        let fanout = Fanout::start(rx);
+        let mut sub = fanout.subscribe();
+        tx.send(Arc::new(message(1, 0))).unwrap();
+        // A flood about other conversations pushes it out of the window.
+        let n = u64::try_from(REPLAY_WINDOW).unwrap() + 1;
+        for m in 1..=n {
+            tx.send(Arc::new(message(1_000_000 + i64::try_from(m).unwrap(), 0)))
+                .unwrap();
+        }
+        settle(&fanout, n + 1).await;
+        // A brand-new conversation has lost nothing: no reload.
+        let fresh = fanout.subscribe();
+        fresh.watch(Key::Conversation(77));
+        assert!(
+            !fresh.lagged.load(Ordering::Acquire),
+            "nothing of 77 was evicted"
+        );
+        // Conversation 1's event was evicted: the late watcher must reload.
+        sub.watch(Key::Conversation(1));
+        assert!(matches!(next(&mut sub).await, Delivery::Lagged));
+    }
+
+    #[tokio::test]
+    async fn a_resync_of_the_bus_makes_every_subscription_reload() {
+        let (tx, rx) = broadcast::channel(64);
+        let fanout = Fanout::start(rx);
+        let mut sub = fanout.subscribe();
+        sub.watch(Key::Conversation(3));
+        tx.send(Arc::new(BusEvent::Resync)).unwrap();
+        assert!(matches!(next(&mut sub).await, Delivery::Lagged));
+        tx.send(Arc::new(message(3, 1))).unwrap();
+        assert!(is_message(&next(&mut sub).await, 1));
     }
 
     #[tokio::test]

@@ -27,9 +27,9 @@ pub struct Colleague {
     pub id: i64,
     pub display_name: String,
     pub organization_id: String,
-    /// `offline`, `available`, `break` (with a reason) or `not_ready`, from the router.
-    #[schema(value_type = Object)]
-    pub presence: Presence,
+    /// `offline`, `available`, `break` or `not_ready`, from the router. The
+    /// reason of a break is the colleague's own business and is left out.
+    pub presence: &'static str,
     /// What they are doing: idle, busy, wrap-up...; null when not logged in.
     #[schema(value_type = Option<String>)]
     pub status: Option<OperatorStatus>,
@@ -37,6 +37,15 @@ pub struct Colleague {
     pub since: Option<i64>,
     /// Conversations in hand.
     pub active: usize,
+}
+
+fn presence_kind(presence: &Presence) -> &'static str {
+    match presence {
+        Presence::Offline => "offline",
+        Presence::Available => "available",
+        Presence::Break { .. } => "break",
+        Presence::NotReady(_) => "not_ready",
+    }
 }
 
 /// Active operators and supervisors of the caller's organizations, with
@@ -70,7 +79,7 @@ async fn list_operators(
                 id: u.id,
                 display_name: u.display_name,
                 organization_id: u.organization_id,
-                presence: view.map_or(Presence::Offline, |v| v.presence.clone()),
+                presence: view.map_or("offline", |v| presence_kind(&v.presence)),
                 status: view.map(|v| v.status),
                 since: view.map(|v| v.presence_since.as_millis()),
                 active: view.map_or(0, |v| v.conversations.len()),

@@ -1174,20 +1174,25 @@ impl Store {
     /// in the order of `batch`; a retried client id gets the stored message,
     /// as with [`Store::add_message`], also when both copies are in `batch`.
     pub async fn add_messages(&self, batch: &[NewMessage]) -> Result<Vec<Message>> {
+        // One round trip per new row; a second only for a retried client id.
         let insert = "INSERT INTO messages (conversation_id, at, direction, author_user_id, body, client_id) \
                       VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (conversation_id, client_id) DO NOTHING \
-                      RETURNING id";
+                      RETURNING id, conversation_id, at, direction, author_user_id, body, content_type, client_id";
         let select = "SELECT id, conversation_id, at, direction, author_user_id, body, content_type, client_id \
-                      FROM messages WHERE conversation_id = $1 AND (id = $2 OR client_id = $3)";
+                      FROM messages WHERE conversation_id = $1 AND client_id = $2";
         let messages: Vec<Message> = with_pool!(self, pool => {
             let mut tx = pool.begin().await?;
             let mut out = Vec::with_capacity(batch.len());
             for m in batch {
-                let id: Option<i64> = sqlx::query_scalar(insert).bind(m.conversation_id).bind(m.at)
+                let inserted: Option<Message> = sqlx::query_as(insert).bind(m.conversation_id).bind(m.at)
                     .bind(m.direction.as_str()).bind(m.author_user_id).bind(&m.body)
                     .bind(m.client_id.as_deref()).fetch_optional(&mut *tx).await?;
-                let message: Message = sqlx::query_as(select).bind(m.conversation_id)
-                    .bind(id.unwrap_or(-1)).bind(m.client_id.as_deref()).fetch_one(&mut *tx).await?;
+                let message = match inserted {
+                    Some(message) => message,
+                    // No row back means the client id was already stored: a retry.
+                    None => sqlx::query_as(select).bind(m.conversation_id)
+                        .bind(m.client_id.as_deref()).fetch_one(&mut *tx).await?,
+                };
                 out.push(message);
             }
             tx.commit().await?;

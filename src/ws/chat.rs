@@ -94,7 +94,7 @@ impl ChatSession {
                     let ok = match event {
                         Delivery::Event(event) => self.on_bus(&event, &mut socket).await,
                         // Missed notifications: catch up from the store.
-                        Delivery::Lagged => self.replay(&mut socket).await,
+                        Delivery::Lagged => self.resync(&mut socket).await,
                         Delivery::Closed => return,
                     };
                     if !ok { return; }
@@ -186,6 +186,8 @@ impl ChatSession {
             .await;
             return Ok(());
         }
+        // Watching the new conversation replays what the router says from here on.
+        self.bus.mark();
         let now = crate::now_ms();
         let contact_id = if name.is_some() || email.is_some() {
             Some(
@@ -253,6 +255,7 @@ impl ChatSession {
             ));
         }
         let token = text_field(value, "token", 100)?;
+        self.bus.mark();
         let now = crate::now_ms();
         let conversation = self
             .state
@@ -292,6 +295,40 @@ impl ChatSession {
         } else {
             Err(ApiError::BadRequest("connection lost".into()))
         }
+    }
+
+    /// After missed notifications: the state from the store (an operator
+    /// took the chat, or it ended), then every missed message.
+    async fn resync(&mut self, socket: &mut WebSocket) -> bool {
+        let Some(conversation) = self.conversation else {
+            return true;
+        };
+        let detail = match self
+            .state
+            .store
+            .get_conversation(&Scope::All, conversation)
+            .await
+        {
+            Ok(Some(detail)) => detail,
+            Ok(None) => return true,
+            Err(err) => {
+                tracing::warn!(%err, "chat resync failed");
+                return true;
+            }
+        };
+        let c = detail.conversation;
+        let told = match c.state {
+            ConversationState::Assigned => {
+                let name = self.operator_name(c.operator_id).await;
+                send(socket, &json!({ "type": "assigned", "operator": name })).await
+            }
+            ConversationState::WrapUp | ConversationState::Closed if !self.ended => {
+                self.ended = true;
+                send(socket, &json!({ "type": "ended", "by": "operator" })).await
+            }
+            _ => true,
+        };
+        told && self.replay(socket).await
     }
 
     /// Sends every message above `last_sent`, in order.
@@ -378,6 +415,26 @@ impl ChatSession {
             )
             .await
             .map_err(|e| ApiError::Internal(e.into()))?;
+        // An operator line stored just before this one (in the same group
+        // commit, say) may still be on its way through the bus; the page
+        // takes the ack's id as its `last_id`, so send such lines first or
+        // they would be skipped, here and on a resume (regression: a line
+        // with a lower id than the citizen's own was never shown).
+        if message.id > self.last_sent + 1 {
+            let earlier = self
+                .state
+                .store
+                .citizen_messages_after(conversation, self.last_sent)
+                .await?;
+            for m in earlier
+                .iter()
+                .filter(|m| m.id < message.id && m.direction == "outbound")
+            {
+                if !self.push(m, socket).await {
+                    return Err(ApiError::BadRequest("connection lost".into()));
+                }
+            }
+        }
         // Acknowledged only now that it is stored.
         self.last_sent = self.last_sent.max(message.id);
         send(

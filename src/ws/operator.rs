@@ -26,7 +26,7 @@ use crate::auth::Auth;
 use crate::bus::BusEvent;
 use crate::fanout::{Delivery, Key, Subscription};
 use crate::router::RouterError;
-use crate::store::{ConversationFilter, ConversationState, Direction, Scope, User};
+use crate::store::{ConversationFilter, ConversationState, Direction, Role, Scope, User};
 
 pub async fn operator_socket(
     auth: Auth,
@@ -131,21 +131,33 @@ impl Console {
             limit: 200,
             ..Default::default()
         };
-        let mut conversations = Vec::new();
-        // Events from here on are replayed to the conversations watched below.
+        // Events from here on are replayed to the conversations watched
+        // below; every one is watched before the (slower) reads of the views.
         self.bus.mark();
-        for id in self.mine.drain() {
-            self.bus.unwatch(Key::Conversation(id));
+        let in_hand: HashSet<i64> = store
+            .list_conversations(&Scope::All, &filter)
+            .await?
+            .into_iter()
+            .filter(|c| {
+                matches!(
+                    c.state,
+                    ConversationState::Assigned | ConversationState::WrapUp
+                )
+            })
+            .map(|c| c.id)
+            .collect();
+        for gone in self.mine.difference(&in_hand) {
+            self.bus.unwatch(Key::Conversation(*gone));
         }
-        for c in store.list_conversations(&Scope::All, &filter).await? {
-            if matches!(
-                c.state,
-                ConversationState::Assigned | ConversationState::WrapUp
-            ) {
-                self.mine.insert(c.id);
-                self.bus.watch(Key::Conversation(c.id));
-                conversations.push(self.conversation_view(c.id).await?);
-            }
+        for id in &in_hand {
+            self.bus.watch(Key::Conversation(*id));
+        }
+        self.mine = in_hand;
+        let mut ids: Vec<i64> = self.mine.iter().copied().collect();
+        ids.sort_unstable();
+        let mut conversations = Vec::new();
+        for id in ids {
+            conversations.push(self.conversation_view(id).await?);
         }
         let mut offers = Vec::new();
         for offer in store.open_offers_for(self.user.id).await? {
@@ -428,6 +440,25 @@ impl Console {
                 {
                     return Err(ApiError::validation("queue", "unknown queue"));
                 }
+                // Only to a colleague the operator may see (the list of
+                // GET /api/v1/operators): active, an operator or supervisor,
+                // of one of the operator's organizations. Checked before
+                // anything moves.
+                if let Some(target) = operator {
+                    let colleague = self.state.store.get_user(target).await?;
+                    let allowed = colleague.is_some_and(|u| {
+                        u.active
+                            && u.role <= Role::Supervisor
+                            && u.id != me
+                            && self.scope.allows_organization(&u.organization_id)
+                    });
+                    if !allowed {
+                        return Err(ApiError::validation(
+                            "operator",
+                            "not a colleague you can transfer to",
+                        ));
+                    }
+                }
                 self.state
                     .hub
                     .transfer(conversation, queue.as_deref(), operator, Some(me))
@@ -492,6 +523,8 @@ impl Console {
             } => match state.as_str() {
                 "assigned" if *operator_id == Some(me) => {
                     self.mine.insert(*conversation_id);
+                    // The dispatcher watches it already; this is a no-op then.
+                    self.bus.watch(Key::Conversation(*conversation_id));
                     self.conversation_view(*conversation_id)
                         .await
                         .ok()

@@ -357,3 +357,62 @@ async fn scoping_is_enforced_in_the_queries() {
         [city.id]
     );
 }
+
+fn line(conversation_id: i64, client_id: Option<&str>, body: &str) -> ccu::store::NewMessage {
+    ccu::store::NewMessage {
+        conversation_id,
+        at: 1,
+        direction: Direction::Inbound,
+        author_user_id: None,
+        body: body.into(),
+        client_id: client_id.map(str::to_owned),
+    }
+}
+
+#[tokio::test]
+async fn a_batch_of_messages_is_stored_in_order_and_a_retried_client_id_once() {
+    let t = test_store().await;
+    let a = create_conversation(&t.store, &t.settings, "urp").await.id;
+    let b = create_conversation(&t.store, &t.settings, "urp").await.id;
+    let first = t
+        .store
+        .add_message(a, 1, Direction::Inbound, None, "prima", Some("x"))
+        .await
+        .unwrap();
+    let batch = [
+        line(a, Some("y"), "seconda"),
+        line(b, Some("y"), "altra conversazione, stesso id del client"),
+        line(a, Some("x"), "ritrasmessa"),
+        line(a, Some("y"), "ritrasmessa nello stesso lotto"),
+        line(a, None, "senza id"),
+    ];
+    let stored = t.store.add_messages(&batch).await.unwrap();
+    assert_eq!(stored.len(), batch.len());
+    assert_eq!(stored[0].body, "seconda");
+    assert_eq!(stored[1].conversation_id, b);
+    assert_eq!(stored[2], first, "a retry gets the stored message back");
+    assert_eq!(stored[3], stored[0], "a retry within the batch too");
+    assert!(stored[4].id > stored[1].id && stored[1].id > stored[0].id);
+    let kept = t.store.citizen_messages_after(a, 0).await.unwrap();
+    let bodies: Vec<&str> = kept.iter().map(|m| m.body.as_str()).collect();
+    assert_eq!(bodies, ["prima", "seconda", "senza id"]);
+}
+
+#[tokio::test]
+async fn a_batch_with_a_bad_message_stores_nothing_of_it() {
+    let t = test_store().await;
+    let a = create_conversation(&t.store, &t.settings, "urp").await.id;
+    let batch = [
+        line(a, Some("ok"), "buona"),
+        line(a + 1_000_000, Some("ko"), "conversazione inesistente"),
+    ];
+    assert!(t.store.add_messages(&batch).await.is_err());
+    assert!(
+        t.store
+            .citizen_messages_after(a, 0)
+            .await
+            .unwrap()
+            .is_empty(),
+        "one transaction"
+    );
+}
