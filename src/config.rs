@@ -761,6 +761,15 @@ impl std::fmt::Debug for RelaySettings {
 pub struct OutboxSettings {
     /// A mail still undelivered this long after it was queued is marked failed.
     pub give_up_after_hours: u64,
+    /// After a transient failure (relay down, 4xx) the worker waits this
+    /// long before trying the next mail: the next one would most likely
+    /// fail the same way, and each attempt costs two commits.
+    #[serde(default = "default_pause_after_transient")]
+    pub pause_after_transient_seconds: u64,
+}
+
+fn default_pause_after_transient() -> u64 {
+    5
 }
 
 impl Settings {

@@ -113,6 +113,53 @@ impl Hub {
         Ok(conversation)
     }
 
+    /// Routes a conversation a channel stored itself, inside a larger
+    /// transaction (the e-mail intake writes raw mail, conversation,
+    /// message and acknowledgement in one commit): the router queues it
+    /// and the bus hears of it. `reopened`: an existing conversation that
+    /// was closed and is queued again.
+    pub async fn conversation_stored(
+        &self,
+        conversation: &Conversation,
+        reopened: bool,
+    ) -> Result<(), HubError> {
+        self.router
+            .queued(
+                conversation.id,
+                &conversation.queue_id,
+                conversation.channel,
+                &conversation.language,
+                conversation.enqueued_at,
+            )
+            .await?;
+        let event = if reopened {
+            BusEvent::ConversationChanged {
+                conversation_id: conversation.id,
+                organization_id: conversation.organization_id.clone(),
+                state: conversation.state.as_str().to_owned(),
+                operator_id: None,
+            }
+        } else {
+            BusEvent::ConversationCreated {
+                conversation_id: conversation.id,
+                organization_id: conversation.organization_id.clone(),
+                queue_id: conversation.queue_id.clone(),
+            }
+        };
+        self.publish(event).await;
+        Ok(())
+    }
+
+    /// Tells the bus of a message a channel stored itself (see
+    /// [`Hub::conversation_stored`]).
+    pub async fn message_stored(&self, conversation_id: i64, message_id: i64) {
+        self.publish(BusEvent::MessageAdded {
+            conversation_id,
+            message_id,
+        })
+        .await;
+    }
+
     /// Stores a message of a conversation, then tells the bus.
     pub async fn add_message(
         &self,

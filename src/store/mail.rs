@@ -6,7 +6,172 @@
 use serde::Serialize;
 use sqlx::FromRow;
 
+use super::{
+    CONVERSATION_COLUMNS, Conversation, ConversationRow, ConversationState, NewConversation,
+};
 use super::{Db, Result, Store, StoreError};
+
+const INSERT_INBOUND: &str = "INSERT INTO mail_inbound (envelope_id, mail_from, recipients, mailbox, queue_id, helo, peer, tls, \
+     message_id, from_address, from_name, subject, noise, malformed, size, raw, received_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) \
+     ON CONFLICT (message_id, mail_from) DO NOTHING RETURNING id";
+const EXISTING_INBOUND: &str = "SELECT id, conversation_id, processed_at FROM mail_inbound \
+     WHERE message_id = $1 AND mail_from = $2";
+
+/// Inserts an inbound mail's row on `$conn`, or finds the row a retried
+/// delivery already has: a `StoredInbound`.
+macro_rules! insert_inbound {
+    ($conn:expr, $mail:expr) => {{
+        let mail: &NewInboundMail<'_> = $mail;
+        let size = i64::try_from(mail.raw.len()).unwrap_or(i64::MAX);
+        let id: Option<i64> = sqlx::query_scalar(INSERT_INBOUND)
+            .bind(mail.envelope_id)
+            .bind(mail.mail_from)
+            .bind(mail.recipients)
+            .bind(mail.mailbox)
+            .bind(mail.queue_id)
+            .bind(mail.helo)
+            .bind(mail.peer)
+            .bind(mail.tls)
+            .bind(mail.message_id)
+            .bind(mail.from_address)
+            .bind(mail.from_name)
+            .bind(mail.subject)
+            .bind(mail.noise)
+            .bind(mail.malformed)
+            .bind(size)
+            .bind(mail.raw)
+            .bind(mail.received_at)
+            .fetch_optional(&mut *$conn)
+            .await?;
+        match id {
+            Some(id) => StoredInbound {
+                id,
+                conversation_id: None,
+                processed: false,
+                duplicate: false,
+            },
+            None => {
+                let (id, conversation_id, processed_at): (i64, Option<i64>, Option<i64>) =
+                    sqlx::query_as(EXISTING_INBOUND)
+                        .bind(mail.message_id)
+                        .bind(mail.mail_from)
+                        .fetch_one(&mut *$conn)
+                        .await?;
+                StoredInbound {
+                    id,
+                    conversation_id,
+                    processed: processed_at.is_some(),
+                    duplicate: true,
+                }
+            }
+        }
+    }};
+}
+
+/// Creates a queued conversation with its reference and first event on
+/// `$conn` (the SQL of `Store::create_conversation`): a `Conversation`.
+macro_rules! create_conversation {
+    ($conn:expr, $new:expr, $now:expr, $year:expr) => {{
+        let new: &NewConversation = $new;
+        let year: i32 = $year;
+        let counter = "INSERT INTO reference_counters (prefix, year, value) VALUES ($1, $2, 1) \
+                       ON CONFLICT (prefix, year) DO UPDATE SET value = reference_counters.value + 1 \
+                       RETURNING value";
+        let insert = format!(
+            "INSERT INTO conversations (reference, organization_id, queue_id, channel, state, contact_id, \
+             language, subject, created_at, enqueued_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $9) RETURNING {CONVERSATION_COLUMNS}"
+        );
+        let event = "INSERT INTO conversation_events (conversation_id, at, kind, queue_id, data) VALUES ($1, $2, $3, $4, $5)";
+        let value: i64 = sqlx::query_scalar(counter).bind(&new.reference_prefix).bind(year)
+            .fetch_one(&mut *$conn).await?;
+        let reference = format!("{}-{year}-{value:06}", new.reference_prefix);
+        let row: ConversationRow = sqlx::query_as(sqlx::AssertSqlSafe(insert))
+            .bind(&reference).bind(&new.organization_id).bind(&new.queue_id)
+            .bind(new.channel.as_str()).bind(ConversationState::Queued.as_str())
+            .bind(new.contact_id).bind(&new.language).bind(&new.subject).bind($now)
+            .fetch_one(&mut *$conn).await?;
+        let data = serde_json::json!({ "channel": new.channel.as_str() }).to_string();
+        sqlx::query(event).bind(row.id).bind($now).bind("queued").bind(&new.queue_id).bind(&data)
+            .execute(&mut *$conn).await?;
+        Conversation::try_from(row)?
+    }};
+}
+
+/// Queues a closed or abandoned conversation again (the citizen wrote
+/// again) on `$conn`, with a `reopened` event; it enters the line now.
+/// `Some(conversation)` when it moved.
+macro_rules! reopen_closed {
+    ($conn:expr, $id:expr, $now:expr) => {{
+        let update = format!(
+            "UPDATE conversations SET state = 'queued', operator_id = NULL, closed_at = NULL, \
+             assigned_at = NULL, enqueued_at = $1, updated_at = $1 \
+             WHERE id = $2 AND state IN ('closed', 'abandoned') RETURNING {CONVERSATION_COLUMNS}"
+        );
+        let row: Option<ConversationRow> = sqlx::query_as(sqlx::AssertSqlSafe(update))
+            .bind($now)
+            .bind($id)
+            .fetch_optional(&mut *$conn)
+            .await?;
+        match row {
+            Some(row) => {
+                sqlx::query(
+                    "INSERT INTO conversation_events (conversation_id, at, kind, queue_id, data) \
+                             VALUES ($1, $2, 'reopened', $3, $4)",
+                )
+                .bind(row.id)
+                .bind($now)
+                .bind(&row.queue_id)
+                .bind(r#"{"by":"citizen"}"#)
+                .execute(&mut *$conn)
+                .await?;
+                Some(Conversation::try_from(row)?)
+            }
+            None => None,
+        }
+    }};
+}
+
+/// Puts a mail in the outbox on `$conn` (inside the caller's transaction),
+/// with its Message-ID and the Message-ID → conversation map entry; a
+/// dedupe key already there returns the mail queued before. The id.
+macro_rules! enqueue_outbox {
+    ($conn:expr, $mail:expr, $domain:expr, $now:expr) => {{
+        let mail: &NewOutboxMail = $mail;
+        let insert = "INSERT INTO mail_outbox (conversation_id, to_address, to_name, subject, body, in_reply_to, \
+                      reference_ids, kind, auto, state, attempts, next_attempt_at, created_at, dedupe_key) \
+                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending', 0, $10, $10, $11) \
+                      ON CONFLICT (dedupe_key) DO NOTHING RETURNING id";
+        let existing = "SELECT id FROM mail_outbox WHERE dedupe_key = $1";
+        let set_id = "UPDATE mail_outbox SET message_id = $1 WHERE id = $2";
+        let map = "INSERT INTO mail_message_ids (message_id, conversation_id, outbox_id) VALUES ($1, $2, $3) \
+                   ON CONFLICT (message_id) DO NOTHING";
+        let references = mail.references.join(" ");
+        let inserted: Option<i64> = sqlx::query_scalar(insert)
+            .bind(mail.conversation_id).bind(&mail.to_address).bind(&mail.to_name).bind(&mail.subject)
+            .bind(&mail.body).bind(&mail.in_reply_to).bind(&references).bind(mail.kind.as_str())
+            .bind(mail.automatic).bind($now).bind(&mail.dedupe_key)
+            .fetch_optional(&mut *$conn).await?;
+        match inserted {
+            Some(id) => {
+                let message_id = ccu_email::outbound::message_id_for(id, $domain);
+                sqlx::query(set_id).bind(&message_id).bind(id).execute(&mut *$conn).await?;
+                if let Some(conversation) = mail.conversation_id {
+                    sqlx::query(map).bind(&message_id).bind(conversation).bind(id)
+                        .execute(&mut *$conn).await?;
+                }
+                id
+            }
+            // Only a dedupe key conflicts: the mail is already queued.
+            None => {
+                let id: i64 = sqlx::query_scalar(existing).bind(&mail.dedupe_key)
+                    .fetch_one(&mut *$conn).await?;
+                id
+            }
+        }
+    }};
+}
 
 /// What the SMTP door knows about a message it is about to answer 250 to.
 #[derive(Debug, Clone)]
@@ -171,6 +336,142 @@ pub enum AttemptResult {
     },
 }
 
+/// An inbound mail's row, owned (it travels to the group-commit writer).
+#[derive(Debug, Clone)]
+pub struct InboundRecord {
+    pub envelope_id: String,
+    pub mail_from: String,
+    pub recipients: String,
+    pub mailbox: String,
+    pub queue_id: String,
+    pub helo: String,
+    pub peer: String,
+    pub tls: bool,
+    pub message_id: Option<String>,
+    pub from_address: Option<String>,
+    pub from_name: Option<String>,
+    pub subject: String,
+    pub noise: Option<String>,
+    pub malformed: bool,
+    pub raw: Vec<u8>,
+    pub received_at: i64,
+}
+
+impl InboundRecord {
+    pub fn as_new(&self) -> NewInboundMail<'_> {
+        NewInboundMail {
+            envelope_id: &self.envelope_id,
+            mail_from: &self.mail_from,
+            recipients: &self.recipients,
+            mailbox: &self.mailbox,
+            queue_id: &self.queue_id,
+            helo: &self.helo,
+            peer: &self.peer,
+            tls: self.tls,
+            message_id: self.message_id.as_deref(),
+            from_address: self.from_address.as_deref(),
+            from_name: self.from_name.as_deref(),
+            subject: &self.subject,
+            noise: self.noise.as_deref(),
+            malformed: self.malformed,
+            raw: &self.raw,
+            received_at: self.received_at,
+        }
+    }
+}
+
+/// The row of an inbound mail: to insert now (SMTP, IMAP), or stored
+/// earlier and not processed (recovery after a crash).
+#[derive(Debug, Clone)]
+pub enum InboundRaw {
+    New(InboundRecord),
+    Stored {
+        id: i64,
+        /// A conversation an earlier, interrupted processing opened.
+        conversation_id: Option<i64>,
+    },
+}
+
+/// Where an inbound mail goes, decided before the transaction (threading
+/// only reads).
+#[derive(Debug, Clone)]
+pub enum InboundTarget {
+    /// Threaded into an existing conversation. With `reopen`, a closed or
+    /// abandoned one is queued again (the citizen wrote again).
+    Thread { conversation_id: i64, reopen: bool },
+    /// A new conversation, linked to the contact with this address
+    /// (compared lower case; created when there is none).
+    Open {
+        conversation: NewConversation,
+        year: i32,
+        contact: Option<(String, Option<String>)>,
+    },
+    /// Noise that answers nothing of ours: kept without a conversation.
+    Keep,
+}
+
+/// The acknowledgement of a conversation a mail opens; the reference is
+/// known only inside the transaction.
+#[derive(Debug, Clone)]
+pub struct AcknowledgementDraft {
+    pub to_address: String,
+    pub to_name: Option<String>,
+    /// Without the reference token: the store puts it in.
+    pub subject: String,
+    /// `{reference}` is replaced by the conversation's reference.
+    pub body: String,
+    pub in_reply_to: Option<String>,
+    pub references: Vec<String>,
+}
+
+/// Everything the inbound path writes for one mail.
+#[derive(Debug, Clone)]
+pub struct InboundJob {
+    pub raw: InboundRaw,
+    pub target: InboundTarget,
+    /// The text of the conversation message.
+    pub text: String,
+    pub attachments: Vec<ccu_email::inbound::Attachment>,
+    /// Used only when this mail opens the conversation.
+    pub acknowledgement: Option<AcknowledgementDraft>,
+    pub now: i64,
+}
+
+/// What the transaction wrote for one mail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboundWritten {
+    pub id: i64,
+    /// The row was there already (a retried delivery, or recovery).
+    pub duplicate: bool,
+    /// `false`: only the raw row was stored (processing failed and is
+    /// retried at the next start).
+    pub processed: bool,
+    pub conversation_id: Option<i64>,
+    /// Opened or queued again by this mail: the router must hear of it.
+    pub queued: Option<Conversation>,
+    /// `queued` is an existing conversation, queued again.
+    pub reopened: bool,
+    /// The conversation message, new or found (idempotent).
+    pub message_id: Option<i64>,
+    /// The acknowledgement queued in the outbox.
+    pub acknowledgement: Option<i64>,
+}
+
+impl InboundWritten {
+    fn stored(stored: StoredInbound) -> Self {
+        Self {
+            id: stored.id,
+            duplicate: stored.duplicate,
+            processed: stored.processed,
+            conversation_id: stored.conversation_id,
+            queued: None,
+            reopened: false,
+            message_id: None,
+            acknowledgement: None,
+        }
+    }
+}
+
 impl Store {
     // ---- inbound ----
 
@@ -178,54 +479,169 @@ impl Store {
     /// answers 250 only then). A retried delivery of the same Message-ID
     /// from the same sender returns the first row.
     pub async fn insert_inbound_mail(&self, mail: &NewInboundMail<'_>) -> Result<StoredInbound> {
-        let insert = "INSERT INTO mail_inbound (envelope_id, mail_from, recipients, mailbox, queue_id, helo, peer, tls, \
-                      message_id, from_address, from_name, subject, noise, malformed, size, raw, received_at) \
-                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) \
-                      ON CONFLICT (message_id, mail_from) DO NOTHING RETURNING id";
-        let existing = "SELECT id, conversation_id, processed_at FROM mail_inbound \
-                        WHERE message_id = $1 AND mail_from = $2";
-        let size = i64::try_from(mail.raw.len()).unwrap_or(i64::MAX);
         let stored = with_pool!(self, pool => {
-            let id: Option<i64> = sqlx::query_scalar(insert)
-                .bind(mail.envelope_id).bind(mail.mail_from).bind(mail.recipients).bind(mail.mailbox)
-                .bind(mail.queue_id).bind(mail.helo).bind(mail.peer).bind(mail.tls).bind(mail.message_id)
-                .bind(mail.from_address).bind(mail.from_name).bind(mail.subject).bind(mail.noise)
-                .bind(mail.malformed).bind(size).bind(mail.raw).bind(mail.received_at)
-                .fetch_optional(pool).await?;
-            match id {
-                Some(id) => StoredInbound { id, conversation_id: None, processed: false, duplicate: false },
-                None => {
-                    let (id, conversation_id, processed_at): (i64, Option<i64>, Option<i64>) =
-                        sqlx::query_as(existing).bind(mail.message_id).bind(mail.mail_from)
-                            .fetch_one(pool).await?;
-                    StoredInbound { id, conversation_id, processed: processed_at.is_some(), duplicate: true }
-                }
-            }
+            let mut conn = pool.acquire().await?;
+            insert_inbound!(conn, mail)
         });
         Ok(stored)
     }
 
-    /// Links an inbound mail to the conversation it opened, as soon as it
-    /// exists: processing it again after a crash reuses that conversation.
-    pub async fn set_inbound_conversation(&self, id: i64, conversation_id: i64) -> Result<()> {
-        let sql = "UPDATE mail_inbound SET conversation_id = $1 WHERE id = $2";
-        with_pool!(self, pool => { sqlx::query(sql).bind(conversation_id).bind(id).execute(pool).await?; });
-        Ok(())
-    }
-
-    /// Marks an inbound mail processed: a message of `conversation_id` now,
-    /// or noise kept without one.
-    pub async fn finish_inbound_mail(
+    /// The whole inbound path of a batch of mails in **one transaction**
+    /// (group commit): per mail the raw row, the contact, the conversation
+    /// and its first event, the message, the attachments, the
+    /// acknowledgement in the outbox and the processed mark. One commit
+    /// (one fsync on SQLite) for the batch instead of about eight per mail.
+    ///
+    /// Each mail runs inside its own savepoint: one that fails is rolled
+    /// back alone, then its raw row is stored unprocessed (`processed:
+    /// false`; recovered at the next start) so its 250 is still deserved.
+    /// `Err` for one mail means nothing of it was stored; the outer `Err`
+    /// (the commit failed) means nothing of the batch was.
+    pub async fn write_inbound_batch(
         &self,
-        id: i64,
-        conversation_id: Option<i64>,
-        now: i64,
-    ) -> Result<()> {
-        let sql = "UPDATE mail_inbound SET processed_at = $1, conversation_id = $2 WHERE id = $3";
-        with_pool!(self, pool => {
-            sqlx::query(sql).bind(now).bind(conversation_id).bind(id).execute(pool).await?;
+        jobs: &[InboundJob],
+        domain: &str,
+    ) -> Result<Vec<Result<InboundWritten>>> {
+        let results = with_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let mut results = Vec::with_capacity(jobs.len());
+            for job in jobs {
+                sqlx::query("SAVEPOINT inbound_mail").execute(&mut *tx).await?;
+                let written = async {
+                    let stored = match &job.raw {
+                        InboundRaw::New(record) => insert_inbound!(tx, &record.as_new()),
+                        InboundRaw::Stored { id, conversation_id } => StoredInbound {
+                            id: *id, conversation_id: *conversation_id, processed: false, duplicate: true,
+                        },
+                    };
+                    let mut written = InboundWritten::stored(stored);
+                    if stored.processed {
+                        return Ok::<InboundWritten, StoreError>(written);
+                    }
+                    // A conversation on an unprocessed row was opened by
+                    // this mail in an interrupted run: keep it.
+                    let (conversation, opened) = match (stored.conversation_id, &job.target) {
+                        (Some(c), _) => (Some(c), true),
+                        (None, InboundTarget::Keep) => (None, false),
+                        (None, InboundTarget::Thread { conversation_id, reopen }) => {
+                            if *reopen {
+                                written.queued = reopen_closed!(tx, *conversation_id, job.now);
+                                written.reopened = written.queued.is_some();
+                            }
+                            (Some(*conversation_id), false)
+                        }
+                        (None, InboundTarget::Open { conversation, year, contact }) => {
+                            let contact_id = match contact {
+                                Some((email, name)) => {
+                                    let email = email.to_lowercase();
+                                    let found: Option<i64> = sqlx::query_scalar(
+                                        "SELECT id FROM contacts WHERE email = $1 ORDER BY id LIMIT 1")
+                                        .bind(&email).fetch_optional(&mut *tx).await?;
+                                    match found {
+                                        Some(id) => Some(id),
+                                        None => Some(sqlx::query_scalar(
+                                            "INSERT INTO contacts (name, email, phone, created_at, updated_at) \
+                                             VALUES ($1, $2, NULL, $3, $3) RETURNING id")
+                                            .bind(name).bind(&email).bind(job.now)
+                                            .fetch_one(&mut *tx).await?),
+                                    }
+                                }
+                                None => None,
+                            };
+                            let new = NewConversation { contact_id, ..conversation.clone() };
+                            let created = create_conversation!(tx, &new, job.now, *year);
+                            let id = created.id;
+                            written.queued = Some(created);
+                            (Some(id), true)
+                        }
+                    };
+                    written.conversation_id = conversation;
+                    if let Some(conversation_id) = conversation {
+                        let client_id = format!("mail:{}", stored.id);
+                        let inserted: Option<i64> = sqlx::query_scalar(
+                            "INSERT INTO messages (conversation_id, at, direction, author_user_id, body, client_id) \
+                             VALUES ($1, $2, 'inbound', NULL, $3, $4) ON CONFLICT (conversation_id, client_id) \
+                             DO NOTHING RETURNING id")
+                            .bind(conversation_id).bind(job.now).bind(&job.text).bind(&client_id)
+                            .fetch_optional(&mut *tx).await?;
+                        written.message_id = match inserted {
+                            Some(id) => Some(id),
+                            None => sqlx::query_scalar(
+                                "SELECT id FROM messages WHERE conversation_id = $1 AND client_id = $2")
+                                .bind(conversation_id).bind(&client_id).fetch_optional(&mut *tx).await?,
+                        };
+                        if opened && let Some(draft) = &job.acknowledgement {
+                            let reference: String = sqlx::query_scalar(
+                                "SELECT reference FROM conversations WHERE id = $1")
+                                .bind(conversation_id).fetch_one(&mut *tx).await?;
+                            let token = ccu_email::threading::ReferenceToken::parse(&reference);
+                            let ack = NewOutboxMail {
+                                conversation_id: Some(conversation_id),
+                                to_address: draft.to_address.clone(),
+                                to_name: draft.to_name.clone(),
+                                subject: ccu_email::outbound::subject_with_reference(&draft.subject, token.as_ref()),
+                                body: draft.body.replace("{reference}", &reference),
+                                in_reply_to: draft.in_reply_to.clone(),
+                                references: draft.references.clone(),
+                                kind: MailKind::Acknowledgement,
+                                automatic: true,
+                                dedupe_key: Some(format!("ack:{}", stored.id)),
+                            };
+                            written.acknowledgement = Some(enqueue_outbox!(tx, &ack, domain, job.now));
+                        }
+                    }
+                    // Replaced, not added to: processing again after a crash
+                    // stores them once.
+                    sqlx::query("DELETE FROM mail_attachments WHERE inbound_id = $1")
+                        .bind(stored.id).execute(&mut *tx).await?;
+                    for a in &job.attachments {
+                        let size = i64::try_from(a.size).unwrap_or(i64::MAX);
+                        sqlx::query("INSERT INTO mail_attachments (inbound_id, conversation_id, filename, \
+                                     content_type, size, bytes) VALUES ($1, $2, $3, $4, $5, $6)")
+                            .bind(stored.id).bind(conversation).bind(&a.filename).bind(&a.content_type)
+                            .bind(size).bind(&a.bytes).execute(&mut *tx).await?;
+                    }
+                    sqlx::query("UPDATE mail_inbound SET processed_at = $1, conversation_id = $2 WHERE id = $3")
+                        .bind(job.now).bind(conversation).bind(stored.id).execute(&mut *tx).await?;
+                    written.processed = true;
+                    Ok(written)
+                }.await;
+                match written {
+                    Ok(written) => {
+                        sqlx::query("RELEASE SAVEPOINT inbound_mail").execute(&mut *tx).await?;
+                        results.push(Ok(written));
+                    }
+                    Err(err) => {
+                        tracing::warn!(%err, "processing an inbound mail failed; keeping it raw");
+                        sqlx::query("ROLLBACK TO SAVEPOINT inbound_mail").execute(&mut *tx).await?;
+                        sqlx::query("RELEASE SAVEPOINT inbound_mail").execute(&mut *tx).await?;
+                        // Keep the raw mail: the 250 needs only that.
+                        let InboundRaw::New(record) = &job.raw else {
+                            results.push(Err(err));
+                            continue;
+                        };
+                        sqlx::query("SAVEPOINT inbound_raw").execute(&mut *tx).await?;
+                        let kept = async {
+                            Ok::<StoredInbound, StoreError>(insert_inbound!(tx, &record.as_new()))
+                        }.await;
+                        match kept {
+                            Ok(kept) => {
+                                sqlx::query("RELEASE SAVEPOINT inbound_raw").execute(&mut *tx).await?;
+                                results.push(Ok(InboundWritten::stored(kept)));
+                            }
+                            Err(err) => {
+                                sqlx::query("ROLLBACK TO SAVEPOINT inbound_raw").execute(&mut *tx).await?;
+                                sqlx::query("RELEASE SAVEPOINT inbound_raw").execute(&mut *tx).await?;
+                                results.push(Err(err));
+                            }
+                        }
+                    }
+                }
+            }
+            tx.commit().await?;
+            results
         });
-        Ok(())
+        Ok(results)
     }
 
     /// Inbound mail stored but not processed (a crash or a store error
@@ -264,30 +680,6 @@ impl Store {
         Ok(rows)
     }
 
-    /// Stores the kept attachments of an inbound mail. Idempotent: a second
-    /// call (processing again after a crash) replaces the first.
-    pub async fn store_attachments(
-        &self,
-        inbound_id: i64,
-        conversation_id: Option<i64>,
-        attachments: &[ccu_email::inbound::Attachment],
-    ) -> Result<()> {
-        let delete = "DELETE FROM mail_attachments WHERE inbound_id = $1";
-        let insert = "INSERT INTO mail_attachments (inbound_id, conversation_id, filename, content_type, size, bytes) \
-                      VALUES ($1, $2, $3, $4, $5, $6)";
-        with_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
-            sqlx::query(delete).bind(inbound_id).execute(&mut *tx).await?;
-            for a in attachments {
-                let size = i64::try_from(a.size).unwrap_or(i64::MAX);
-                sqlx::query(insert).bind(inbound_id).bind(conversation_id).bind(&a.filename)
-                    .bind(&a.content_type).bind(size).bind(&a.bytes).execute(&mut *tx).await?;
-            }
-            tx.commit().await?;
-        });
-        Ok(())
-    }
-
     /// (filename, content type, size) of a conversation's attachments.
     pub async fn attachments_for_conversation(
         &self,
@@ -296,20 +688,6 @@ impl Store {
         let sql = "SELECT filename, content_type, size FROM mail_attachments WHERE conversation_id = $1 ORDER BY id";
         let rows = with_pool!(self, pool => sqlx::query_as(sql).bind(conversation_id).fetch_all(pool).await?);
         Ok(rows)
-    }
-
-    /// The contact with this e-mail address (compared lower case), created
-    /// when there is none. Two first mails from a new address at the same
-    /// instant may create two contacts: merging contacts is a console task.
-    pub async fn contact_by_email(&self, email: &str, name: Option<&str>, now: i64) -> Result<i64> {
-        let email = email.to_lowercase();
-        let sql = "SELECT id FROM contacts WHERE email = $1 ORDER BY id LIMIT 1";
-        let found: Option<i64> = with_pool!(self, pool =>
-            sqlx::query_scalar(sql).bind(&email).fetch_optional(pool).await?);
-        match found {
-            Some(id) => Ok(id),
-            None => self.create_contact(name, Some(&email), None, now).await,
-        }
     }
 
     // ---- threading ----
@@ -364,35 +742,9 @@ impl Store {
         domain: &str,
         now: i64,
     ) -> Result<OutboxMail> {
-        let insert = "INSERT INTO mail_outbox (conversation_id, to_address, to_name, subject, body, in_reply_to, \
-                      reference_ids, kind, auto, state, attempts, next_attempt_at, created_at, dedupe_key) \
-                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending', 0, $10, $10, $11) \
-                      ON CONFLICT (dedupe_key) DO NOTHING RETURNING id";
-        let existing = "SELECT id FROM mail_outbox WHERE dedupe_key = $1";
-        let set_id = "UPDATE mail_outbox SET message_id = $1 WHERE id = $2";
-        let map = "INSERT INTO mail_message_ids (message_id, conversation_id, outbox_id) VALUES ($1, $2, $3) \
-                   ON CONFLICT (message_id) DO NOTHING";
-        let references = mail.references.join(" ");
         let id: i64 = with_pool!(self, pool => {
             let mut tx = pool.begin().await?;
-            let inserted: Option<i64> = sqlx::query_scalar(insert)
-                .bind(mail.conversation_id).bind(&mail.to_address).bind(&mail.to_name).bind(&mail.subject)
-                .bind(&mail.body).bind(&mail.in_reply_to).bind(&references).bind(mail.kind.as_str())
-                .bind(mail.automatic).bind(now).bind(&mail.dedupe_key)
-                .fetch_optional(&mut *tx).await?;
-            let id = match inserted {
-                Some(id) => {
-                    let message_id = ccu_email::outbound::message_id_for(id, domain);
-                    sqlx::query(set_id).bind(&message_id).bind(id).execute(&mut *tx).await?;
-                    if let Some(conversation) = mail.conversation_id {
-                        sqlx::query(map).bind(&message_id).bind(conversation).bind(id)
-                            .execute(&mut *tx).await?;
-                    }
-                    id
-                }
-                // Only a dedupe key conflicts: the mail is already queued.
-                None => sqlx::query_scalar(existing).bind(&mail.dedupe_key).fetch_one(&mut *tx).await?,
-            };
+            let id = enqueue_outbox!(tx, mail, domain, now);
             tx.commit().await?;
             id
         });

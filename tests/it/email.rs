@@ -9,7 +9,10 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use ccu::email::{EmailChannel, OutboxStep};
-use ccu::store::mail::{InboundMailRow, NewInboundMail, OutboxMail};
+use ccu::store::mail::{
+    InboundJob, InboundMailRow, InboundRaw, InboundRecord, InboundTarget, NewInboundMail,
+    OutboxMail,
+};
 use ccu::store::{ConversationDetail, Scope, Store};
 use ccu_email::inbound::{ParseLimits, parse_inbound};
 use serde_json::{Value, json};
@@ -443,6 +446,125 @@ async fn a_mail_stored_but_not_processed_before_a_crash_becomes_a_conversation_a
             .contains("Vorrei cambiare residenza.")
     );
     assert_eq!(outbox(app.store(), conversation_id).await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mails_delivered_at_once_over_many_connections_each_become_one_conversation() {
+    let app = spawn_mail_app(None, &[]).await;
+    // Twelve sessions at once: the writer commits them in shared
+    // transactions; each mail must still get its own conversation, message
+    // and acknowledgement, and references must not collide.
+    let sends = (0..12).map(|i| {
+        let addr = app.smtp_addr;
+        tokio::spawn(async move {
+            let id = format!("insieme-{i}@esempio.it");
+            let subject = format!("Domanda {i}");
+            send(addr, URP, &id, &subject, &[]).await;
+        })
+    });
+    for send in sends.collect::<Vec<_>>() {
+        send.await.unwrap();
+    }
+    let mut conversations = std::collections::BTreeSet::new();
+    let mut references = std::collections::BTreeSet::new();
+    for i in 0..12 {
+        let mail = inbound(app.store(), &format!("insieme-{i}@esempio.it")).await;
+        assert!(mail.processed_at.is_some());
+        let detail = conversation(app.store(), mail.conversation_id.unwrap()).await;
+        assert_eq!(detail.conversation.subject, Some(format!("Domanda {i}")));
+        assert_eq!(detail.messages.len(), 1);
+        assert_eq!(detail.events[0].kind, "queued");
+        assert_eq!(outbox(app.store(), detail.conversation.id).await.len(), 1);
+        conversations.insert(detail.conversation.id);
+        references.insert(detail.conversation.reference);
+    }
+    assert_eq!((conversations.len(), references.len()), (12, 12));
+}
+
+/// A mail for the batch writer, as the SMTP door would build it.
+fn job(message_id: &str, target: InboundTarget) -> InboundJob {
+    let raw = format!(
+        "From: anna@esempio.it\r\nSubject: Prova\r\nMessage-ID: <{message_id}>\r\n\r\nTesto.\r\n"
+    );
+    InboundJob {
+        raw: InboundRaw::New(InboundRecord {
+            envelope_id: "test".into(),
+            mail_from: "anna@esempio.it".into(),
+            recipients: "[\"urp@comune.monteverde.it\"]".into(),
+            mailbox: URP.into(),
+            queue_id: "urp".into(),
+            helo: "mx.esempio.it".into(),
+            peer: "127.0.0.1:1".into(),
+            tls: false,
+            message_id: Some(message_id.into()),
+            from_address: Some("anna@esempio.it".into()),
+            from_name: None,
+            subject: "Prova".into(),
+            noise: None,
+            malformed: false,
+            raw: raw.into_bytes(),
+            received_at: ccu::now_ms(),
+        }),
+        target,
+        text: "Testo.".into(),
+        attachments: Vec::new(),
+        acknowledgement: None,
+        now: ccu::now_ms(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mail_whose_processing_fails_in_a_batch_is_kept_raw_and_its_neighbours_are_processed() {
+    let app = spawn_mail_app(None, &[]).await;
+    let good = app.conversation("urp").await;
+    // The second mail threads into a conversation that does not exist: its
+    // message violates a foreign key, inside the shared transaction.
+    let jobs = [
+        job(
+            "batch-ok@esempio.it",
+            InboundTarget::Thread {
+                conversation_id: good.id,
+                reopen: false,
+            },
+        ),
+        job(
+            "batch-bad@esempio.it",
+            InboundTarget::Thread {
+                conversation_id: i64::MAX,
+                reopen: false,
+            },
+        ),
+    ];
+    let results = app
+        .store()
+        .write_inbound_batch(&jobs, "comune.monteverde.it")
+        .await
+        .unwrap();
+    let ok = results[0].as_ref().unwrap();
+    assert!(ok.processed && ok.message_id.is_some());
+    let bad = results[1].as_ref().unwrap();
+    assert!(!bad.processed, "{bad:?}");
+    // Both are durable; the bad one waits for the recovery pass.
+    assert!(
+        inbound(app.store(), "batch-ok@esempio.it")
+            .await
+            .processed_at
+            .is_some()
+    );
+    let kept = inbound(app.store(), "batch-bad@esempio.it").await;
+    assert_eq!((kept.processed_at, kept.conversation_id), (None, None));
+    assert_eq!(conversation(app.store(), good.id).await.messages.len(), 1);
+    let pending = app.store().unprocessed_inbound_mail(10).await.unwrap();
+    assert_eq!(pending.iter().map(|m| m.id).collect::<Vec<_>>(), [kept.id]);
+    // Written again (a retried delivery), the stored row is found: no copy.
+    let again = app
+        .store()
+        .write_inbound_batch(&jobs[..1], "comune.monteverde.it")
+        .await
+        .unwrap();
+    let again = again[0].as_ref().unwrap();
+    assert!(again.duplicate && again.processed);
+    assert_eq!(conversation(app.store(), good.id).await.messages.len(), 1);
 }
 
 // ---- outbound, against a real SMTP server ----
