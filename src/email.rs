@@ -79,7 +79,7 @@ use crate::store::mail::{
     AcknowledgementDraft, AttemptResult, InboundJob, InboundRaw, InboundRecord, InboundTarget,
     InboundWritten, MailKind, NewOutboxMail, OutboxMail,
 };
-use crate::store::{NewConversation, Store, StoreError};
+use crate::store::{Message, NewConversation, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EmailError {
@@ -98,6 +98,8 @@ pub enum EmailError {
     Recipient(String),
     #[error("inbound writer: {0}")]
     Writer(String),
+    #[error("conversation {0} has no e-mail address to answer")]
+    NoAddress(i64),
 }
 
 /// What one step of the outbox worker did.
@@ -144,6 +146,7 @@ pub struct MailToSend {
 /// worker step. Cheap to share (`Arc`).
 pub struct EmailChannel {
     store: Store,
+    hub: Hub,
     settings: EmailSettings,
     /// Mailbox (lower case) → route.
     mailboxes: HashMap<String, MailboxRoute>,
@@ -223,6 +226,7 @@ impl EmailChannel {
         .context("email.relay")?;
         Ok(Self {
             store: state.store.clone(),
+            hub: state.hub.clone(),
             limits: ParseLimits {
                 max_attachments: settings.max_attachments,
                 max_attachment_size: settings.max_attachment_bytes,
@@ -459,6 +463,97 @@ impl EmailChannel {
                 chain
             },
         })
+    }
+
+    /// An operator's reply in a conversation that came by e-mail or by the
+    /// web form (issue 6 point 7, issue 4 point 6): stored as a message of
+    /// the conversation and queued in the outbox in one transaction, then
+    /// announced on the bus and handed to the worker. `Ok(None)`: the
+    /// conversation is of another channel (the caller stores a plain
+    /// message).
+    ///
+    /// The mail goes to the contact's address with `Re: <subject>
+    /// [REFERENCE]`, In-Reply-To the citizen's latest Message-ID (for a web
+    /// form, our acknowledgement's) and References the conversation's mail
+    /// both ways (RFC 5322 §3.6.4), no `Auto-Submitted` (a person wrote
+    /// it, RFC 3834 §5), the operator's text and the citizen's last message
+    /// quoted. Its Message-ID is in `mail_message_ids`, so the citizen's
+    /// answer threads back here.
+    pub async fn operator_reply(
+        &self,
+        conversation_id: i64,
+        operator_id: i64,
+        text: &str,
+        client_id: &str,
+    ) -> Result<Option<Message>, EmailError> {
+        let Some(context) = self.store.mail_reply_context(conversation_id).await? else {
+            return Ok(None);
+        };
+        if context.channel != "email" && context.channel != "webform" {
+            return Ok(None);
+        }
+        let to = context
+            .to_address
+            .as_deref()
+            .and_then(|a| EmailAddress::parse(a).ok())
+            .ok_or(EmailError::NoAddress(conversation_id))?;
+        // The parent: the citizen's latest mail, else our latest mail (a
+        // web form's acknowledgement), so the citizen's client threads it.
+        let parent = context
+            .last_inbound_id
+            .clone()
+            .or_else(|| context.thread_ids.last().cloned());
+        let mut references: Vec<String> = context
+            .thread_ids
+            .iter()
+            .filter(|id| Some(*id) != parent.as_ref())
+            .cloned()
+            .collect();
+        // Like references_for: the first id and the last ones.
+        if references.len() > 11 {
+            let tail = references.split_off(references.len() - 10);
+            references.truncate(1);
+            references.extend(tail);
+        }
+        let now = crate::now_ms();
+        let mail = NewOutboxMail {
+            conversation_id: Some(conversation_id),
+            to_address: to.as_str().to_owned(),
+            to_name: context.to_name.clone(),
+            subject: reply_subject(context.subject.as_deref(), &context.reference),
+            body: reply_body(
+                text,
+                &context.reference,
+                self.settings.from_name.as_deref(),
+                context.to_name.as_deref(),
+                context.last_citizen_message.as_ref(),
+            ),
+            in_reply_to: parent,
+            references,
+            kind: MailKind::Reply,
+            automatic: false,
+            dedupe_key: None,
+        };
+        let (message, outbox_id) = self
+            .store
+            .add_message_with_mail(
+                conversation_id,
+                now,
+                Some(operator_id),
+                text,
+                client_id,
+                &mail,
+                &self.settings.domain,
+            )
+            .await?;
+        tracing::debug!(
+            conversation = conversation_id,
+            outbox = outbox_id,
+            "operator reply queued by e-mail"
+        );
+        self.hub.message_stored(conversation_id, message.id).await;
+        self.wake.notify_one();
+        Ok(Some(message))
     }
 
     /// Queues the acknowledgement of a web-form request, with its reference
@@ -950,6 +1045,71 @@ impl ThreadLookup for Known {
     fn conversation_by_reference(&self, token: &ReferenceToken) -> Option<i64> {
         self.references.get(&token.to_string()).copied()
     }
+}
+
+/// `Re: <subject> [URP-2026-000123]`: one `Re:`, the reference once.
+fn reply_subject(subject: Option<&str>, reference: &str) -> String {
+    let tag = format!("[{reference}]");
+    let mut rest = subject.unwrap_or("").replace(&tag, "");
+    loop {
+        let trimmed = rest.trim_start();
+        let lower = trimmed.to_lowercase();
+        let cut = ["re:", "r:", "aw:", "fwd:", "i:"]
+            .iter()
+            .find(|p| lower.starts_with(*p))
+            .map(|p| p.len());
+        match cut {
+            Some(n) => rest = trimmed[n..].to_owned(),
+            None => break,
+        }
+    }
+    let rest = rest.split_whitespace().collect::<Vec<_>>().join(" ");
+    if rest.is_empty() {
+        format!("Re: {tag}")
+    } else {
+        format!("Re: {rest} {tag}")
+    }
+}
+
+/// The operator's text, a signature with the reference, and the citizen's
+/// last message quoted (at most 20 lines).
+fn reply_body(
+    text: &str,
+    reference: &str,
+    office: Option<&str>,
+    citizen: Option<&str>,
+    last: Option<&(String, i64)>,
+) -> String {
+    let mut body = text.trim_end().to_owned();
+    body.push_str("\n\n-- \n");
+    if let Some(office) = office {
+        body.push_str(office);
+        body.push('\n');
+    }
+    body.push_str(&format!(
+        "Riferimento {reference}: per scriverci ancora risponda a questo messaggio.\n"
+    ));
+    if let Some((said, at)) = last {
+        let when = chrono::DateTime::from_timestamp_millis(*at)
+            .map(|t| {
+                t.with_timezone(&chrono_tz::Europe::Rome)
+                    .format("%d/%m/%Y %H:%M")
+                    .to_string()
+            })
+            .unwrap_or_default();
+        let who = citizen.unwrap_or("lei");
+        body.push_str(&format!("\nIl {when}, {who} ha scritto:\n"));
+        let lines: Vec<&str> = said.lines().collect();
+        for line in lines.iter().take(20) {
+            body.push_str("> ");
+            body.push_str(line);
+            body.push('\n');
+        }
+        if lines.len() > 20 {
+            body.push_str("> [...]\n");
+        }
+    }
+    body
 }
 
 fn noise_name(reason: NoiseReason) -> &'static str {

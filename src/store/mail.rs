@@ -866,6 +866,108 @@ impl Store {
     }
 }
 
+/// What an operator's reply by e-mail needs from its conversation.
+#[derive(Debug, Clone, Default)]
+pub struct ReplyContext {
+    /// `email`, `webform`, ... : only the first two answer by mail.
+    pub channel: String,
+    pub reference: String,
+    pub subject: Option<String>,
+    /// The contact's address, else the sender of the citizen's last mail.
+    pub to_address: Option<String>,
+    pub to_name: Option<String>,
+    /// The Message-IDs of the conversation's mail both ways, oldest first.
+    pub thread_ids: Vec<String>,
+    /// The Message-ID of the citizen's latest mail (not noise).
+    pub last_inbound_id: Option<String>,
+    /// The citizen's latest message: (text, at).
+    pub last_citizen_message: Option<(String, i64)>,
+}
+
+impl Store {
+    /// The conversation's channel and, for `email` and `webform`, what a
+    /// reply by e-mail needs. `None`: no such conversation.
+    pub async fn mail_reply_context(&self, conversation_id: i64) -> Result<Option<ReplyContext>> {
+        let head = "SELECT c.channel, c.reference, c.subject, k.email, k.name FROM conversations c \
+                    LEFT JOIN contacts k ON k.id = c.contact_id WHERE c.id = $1";
+        let ids = "SELECT message_id, at FROM (\
+                   SELECT message_id, received_at AS at, id FROM mail_inbound WHERE conversation_id = $1 AND message_id IS NOT NULL \
+                   UNION ALL SELECT message_id, created_at AS at, id FROM mail_outbox WHERE conversation_id = $1 AND message_id IS NOT NULL\
+                   ) AS t ORDER BY at, id";
+        let last = "SELECT message_id, from_address, mail_from FROM mail_inbound \
+                    WHERE conversation_id = $1 AND noise IS NULL ORDER BY id DESC LIMIT 1";
+        let said = "SELECT body, at FROM messages WHERE conversation_id = $1 AND direction = 'inbound' \
+                    ORDER BY id DESC LIMIT 1";
+        type Head = (
+            String,
+            String,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+        );
+        type Last = (Option<String>, Option<String>, String);
+        let context = with_pool!(self, pool => {
+            let head: Option<Head> = sqlx::query_as(head).bind(conversation_id).fetch_optional(pool).await?;
+            match head {
+                None => None,
+                Some((channel, reference, subject, email, name)) => {
+                    let mut context = ReplyContext { channel, reference, subject, to_address: email, to_name: name, ..ReplyContext::default() };
+                    if context.channel == "email" || context.channel == "webform" {
+                        let rows: Vec<(String, i64)> = sqlx::query_as(ids).bind(conversation_id).fetch_all(pool).await?;
+                        context.thread_ids = rows.into_iter().map(|(id, _)| id).collect();
+                        let last: Option<Last> = sqlx::query_as(last).bind(conversation_id).fetch_optional(pool).await?;
+                        if let Some((message_id, from_address, mail_from)) = last {
+                            context.last_inbound_id = message_id;
+                            if context.to_address.is_none() {
+                                context.to_address = from_address.or(Some(mail_from).filter(|m| !m.is_empty()));
+                            }
+                        }
+                        context.last_citizen_message = sqlx::query_as(said).bind(conversation_id).fetch_optional(pool).await?;
+                    }
+                    Some(context)
+                }
+            }
+        });
+        Ok(context)
+    }
+
+    /// An operator's reply that goes out by e-mail: the conversation
+    /// message and the mail in the outbox, in **one transaction**, so the
+    /// console's ack means both are stored. A retry with the same
+    /// `client_id` returns the first message and queues nothing more (the
+    /// mail's dedupe key is `reply:{message id}`).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn add_message_with_mail(
+        &self,
+        conversation_id: i64,
+        at: i64,
+        author_user_id: Option<i64>,
+        body: &str,
+        client_id: &str,
+        mail: &NewOutboxMail,
+        domain: &str,
+    ) -> Result<(super::Message, i64)> {
+        let insert = "INSERT INTO messages (conversation_id, at, direction, author_user_id, body, client_id) \
+                      VALUES ($1, $2, 'outbound', $3, $4, $5) ON CONFLICT (conversation_id, client_id) DO NOTHING \
+                      RETURNING id";
+        let select = "SELECT id, conversation_id, at, direction, author_user_id, body, content_type, client_id \
+                      FROM messages WHERE conversation_id = $1 AND client_id = $2";
+        let done = with_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let _: Option<i64> = sqlx::query_scalar(insert).bind(conversation_id).bind(at)
+                .bind(author_user_id).bind(body).bind(client_id)
+                .fetch_optional(&mut *tx).await?;
+            let message: super::Message = sqlx::query_as(select).bind(conversation_id).bind(client_id)
+                .fetch_one(&mut *tx).await?;
+            let mail = NewOutboxMail { dedupe_key: Some(format!("reply:{}", message.id)), ..mail.clone() };
+            let outbox_id = enqueue_outbox!(tx, &mail, domain, at);
+            tx.commit().await?;
+            (message, outbox_id)
+        });
+        Ok(done)
+    }
+}
+
 /// `$1, $2, ... $n`
 fn placeholders(n: usize) -> String {
     (1..=n)

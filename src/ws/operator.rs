@@ -342,18 +342,35 @@ impl Console {
                 let conversation = self.owned(value)?;
                 let client_id = text_field(value, "client_id", 64)?;
                 let text = text_field(value, "text", self.state.settings.public.max_text_chars)?;
-                let message = self
-                    .state
-                    .hub
-                    .add_message(
-                        conversation,
-                        Direction::Outbound,
-                        Some(me),
-                        &text,
-                        Some(&client_id),
-                    )
-                    .await
-                    .map_err(|e| ApiError::Internal(e.into()))?;
+                // A conversation that came by e-mail or web form is
+                // answered by mail: message and outbox in one transaction.
+                let by_mail = match self.state.outbox.get() {
+                    Some(outbox) => outbox
+                        .operator_reply(conversation, me, &text, &client_id)
+                        .await
+                        .map_err(|e| match e {
+                            crate::email::EmailError::NoAddress(_) => {
+                                ApiError::Conflict(e.to_string())
+                            }
+                            other => ApiError::Internal(other.into()),
+                        })?,
+                    None => None,
+                };
+                let message = match by_mail {
+                    Some(message) => message,
+                    None => self
+                        .state
+                        .hub
+                        .add_message(
+                            conversation,
+                            Direction::Outbound,
+                            Some(me),
+                            &text,
+                            Some(&client_id),
+                        )
+                        .await
+                        .map_err(|e| ApiError::Internal(e.into()))?,
+                };
                 send(
                     socket,
                     &json!({ "type": "ack", "client_id": client_id, "id": message.id }),

@@ -822,6 +822,311 @@ async fn a_mail_the_relay_refuses_permanently_is_failed_and_not_retried() {
     );
 }
 
+// ---- operators answer from the console ----
+
+/// A console on `/ws/operator`, for the reply tests.
+struct Console {
+    socket: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+}
+
+impl Console {
+    /// An operator of the city with the URP skill, available.
+    async fn available(app: &TestApp, name: &str) -> Console {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let (_, token) = app.user(name, "operator", "comune").await;
+        let mut request = format!("ws://{}/ws/operator", app.addr)
+            .into_client_request()
+            .unwrap();
+        request
+            .headers_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        let (socket, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+        let mut console = Console { socket };
+        console.expect("hello").await;
+        console
+            .send(json!({"type": "presence", "presence": "available"}))
+            .await;
+        console
+    }
+
+    async fn send(&mut self, value: Value) {
+        use futures_util::SinkExt;
+        self.socket
+            .send(tokio_tungstenite::tungstenite::Message::Text(
+                value.to_string().into(),
+            ))
+            .await
+            .unwrap();
+    }
+
+    /// The next frame of `kind`, skipping others (20 s at most).
+    async fn expect(&mut self, kind: &str) -> Value {
+        use futures_util::StreamExt;
+        tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                match self.socket.next().await {
+                    Some(Ok(tokio_tungstenite::tungstenite::Message::Text(text))) => {
+                        let value: Value = serde_json::from_str(&text).unwrap();
+                        if value["type"] == kind {
+                            return value;
+                        }
+                    }
+                    Some(Ok(_)) => continue,
+                    other => panic!("console closed waiting for {kind}: {other:?}"),
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no {kind} frame within 20 s"))
+    }
+
+    /// Accepts the next offer: the conversation id.
+    async fn take_next(&mut self) -> i64 {
+        let offer = self.expect("offer").await;
+        self.send(json!({"type": "accept", "offer": offer["offer"]}))
+            .await;
+        let assigned = self.expect("assigned").await;
+        assigned["conversation"]["conversation"]["id"]
+            .as_i64()
+            .unwrap()
+    }
+}
+
+/// URP open all day, no wrap-up, and the relay on `relay`.
+async fn reply_app(relay: SocketAddr) -> TestApp {
+    spawn_mail_app(
+        Some(relay),
+        &[
+            ("queues.urp.schedule", json!("h24")),
+            ("queues.urp.holidays", json!(false)),
+            ("queues.urp.wrap_up_seconds", json!(0)),
+        ],
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operators_reply_from_the_console_reaches_the_citizen_by_mail_and_the_answer_threads_back()
+ {
+    let relay_addr = free_port();
+    let mut relay = Aiosmtpd::start(relay_addr).await;
+    let app = reply_app(relay_addr).await;
+    let mut console = Console::available(&app, "giulia.neri").await;
+    send(
+        app.smtp_addr,
+        URP,
+        "residenza-1@esempio.it",
+        "Certificato di residenza",
+        &[],
+    )
+    .await;
+    let ack = relay.next_message().await;
+    assert!(ack.contains("Auto-Submitted: auto-replied"), "{ack}");
+    let conversation_id = console.take_next().await;
+    let detail = conversation(app.store(), conversation_id).await;
+    let reference = detail.conversation.reference.clone();
+    let ack_id = outbox(app.store(), conversation_id).await[0]
+        .message_id
+        .clone();
+
+    let text = "Buongiorno Mario,\nil certificato è pronto allo sportello.";
+    console
+        .send(json!({"type": "message", "conversation_id": conversation_id, "client_id": "r-1", "text": text}))
+        .await;
+    let acked = console.expect("ack").await;
+    // The reply is a message of the conversation and a mail in the outbox,
+    // both there when the console hears "ack".
+    let message_id = acked["id"].as_i64().unwrap();
+    let detail = conversation(app.store(), conversation_id).await;
+    let stored = detail.messages.iter().find(|m| m.id == message_id).unwrap();
+    assert_eq!(
+        (stored.direction.as_str(), stored.body.as_str()),
+        ("outbound", text)
+    );
+    let replies: Vec<OutboxMail> = outbox(app.store(), conversation_id)
+        .await
+        .into_iter()
+        .filter(|m| m.kind == "reply")
+        .collect();
+    assert_eq!(replies.len(), 1);
+    let reply = &replies[0];
+    assert!(!reply.auto);
+
+    let arrived = relay.next_message().await;
+    let parsed = parse_inbound(arrived.as_bytes(), &ParseLimits::default());
+    assert_eq!(
+        parsed.message_id.as_deref(),
+        Some(reply.message_id.as_str())
+    );
+    assert_eq!(
+        parsed.subject,
+        format!("Re: Certificato di residenza [{reference}]")
+    );
+    assert_eq!(parsed.in_reply_to, ["residenza-1@esempio.it"]);
+    assert_eq!(
+        parsed.references,
+        [ack_id.clone(), "residenza-1@esempio.it".into()]
+    );
+    assert_eq!(
+        parsed.noise.auto_submitted, None,
+        "a person wrote it: {arrived}"
+    );
+    assert_eq!(
+        parsed.from.as_ref().unwrap().address.as_str(),
+        "urp@comune.monteverde.it"
+    );
+    assert!(
+        arrived.contains("To: mario.rossi@esempio.it")
+            || arrived.contains("<mario.rossi@esempio.it>"),
+        "{arrived}"
+    );
+    assert!(
+        parsed
+            .text
+            .contains("il certificato è pronto allo sportello."),
+        "{}",
+        parsed.text
+    );
+    assert!(
+        parsed
+            .text
+            .contains("> Buongiorno, quando scade la rata della TARI?"),
+        "{}",
+        parsed.text
+    );
+    assert!(parsed.text.contains(&reference));
+
+    // A retried frame (same client id) stores and sends nothing more.
+    console
+        .send(json!({"type": "message", "conversation_id": conversation_id, "client_id": "r-1", "text": text}))
+        .await;
+    assert_eq!(console.expect("ack").await["id"], message_id);
+    assert_eq!(
+        outbox(app.store(), conversation_id)
+            .await
+            .iter()
+            .filter(|m| m.kind == "reply")
+            .count(),
+        1
+    );
+
+    // The citizen answers our reply; the subject lost the reference.
+    let in_reply_to = format!("In-Reply-To: <{}>", reply.message_id);
+    send(
+        app.smtp_addr,
+        URP,
+        "residenza-2@esempio.it",
+        "Re: Certificato di residenza",
+        &["--add-header", &in_reply_to],
+    )
+    .await;
+    assert_eq!(
+        inbound(app.store(), "residenza-2@esempio.it")
+            .await
+            .conversation_id,
+        Some(conversation_id)
+    );
+    let seen = console.expect("message").await;
+    assert_eq!(seen["conversation_id"], conversation_id);
+    assert!(seen["text"].as_str().unwrap().contains("quando scade"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_to_a_web_form_request_goes_out_as_mail_to_the_address_of_the_form() {
+    let relay_addr = free_port();
+    let mut relay = Aiosmtpd::start(relay_addr).await;
+    let app = reply_app(relay_addr).await;
+    let mut console = Console::available(&app, "paolo.blu").await;
+    let response = app
+        .client
+        .post(app.url("/api/v1/requests"))
+        .json(&json!({
+            "name": "Lucia Bianchi", "email": "lucia.bianchi@esempio.it", "topic": "urp",
+            "subject": "Orari biblioteca", "text": "A che ora apre la biblioteca il sabato?",
+            "privacy_consent": true,
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
+    let ack = relay.next_message().await;
+    let ack = parse_inbound(ack.as_bytes(), &ParseLimits::default());
+    let conversation_id = console.take_next().await;
+    let reference = conversation(app.store(), conversation_id)
+        .await
+        .conversation
+        .reference;
+    console
+        .send(json!({"type": "message", "conversation_id": conversation_id, "client_id": "w-1", "text": "Il sabato apre alle 9."}))
+        .await;
+    console.expect("ack").await;
+    let arrived = relay.next_message().await;
+    let parsed = parse_inbound(arrived.as_bytes(), &ParseLimits::default());
+    assert_eq!(
+        parsed.subject,
+        format!("Re: Orari biblioteca [{reference}]")
+    );
+    // It answers our acknowledgement, so the citizen's client threads them.
+    assert_eq!(parsed.in_reply_to, [ack.message_id.unwrap()]);
+    assert!(arrived.contains("lucia.bianchi@esempio.it"), "{arrived}");
+    assert_eq!(parsed.noise.auto_submitted, None);
+    assert!(parsed.text.contains("Il sabato apre alle 9."));
+    assert!(
+        parsed
+            .text
+            .contains("> A che ora apre la biblioteca il sabato?"),
+        "{}",
+        parsed.text
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_citizen_writing_again_to_a_closed_conversation_is_queued_again() {
+    let app = reply_app(free_port()).await;
+    let mut console = Console::available(&app, "sara.gialli").await;
+    send(app.smtp_addr, URP, "riapri-1@esempio.it", "Passaporto", &[]).await;
+    let conversation_id = console.take_next().await;
+    console
+        .send(json!({"type": "end", "conversation_id": conversation_id}))
+        .await;
+    wait_for("the conversation to close", || async {
+        (conversation(app.store(), conversation_id)
+            .await
+            .conversation
+            .state
+            == ccu::store::ConversationState::Closed)
+            .then_some(())
+    })
+    .await;
+    let ack = outbox(app.store(), conversation_id).await.remove(0);
+    let in_reply_to = format!("In-Reply-To: <{}>", ack.message_id);
+    send(
+        app.smtp_addr,
+        URP,
+        "riapri-2@esempio.it",
+        "Re: Passaporto",
+        &["--add-header", &in_reply_to],
+    )
+    .await;
+    // Routed again, not silently appended: the operator is offered it.
+    assert_eq!(console.take_next().await, conversation_id);
+    let detail = conversation(app.store(), conversation_id).await;
+    assert_eq!(
+        detail.conversation.state,
+        ccu::store::ConversationState::Assigned
+    );
+    assert!(
+        detail.events.iter().any(|e| e.kind == "reopened"),
+        "{:?}",
+        detail.events
+    );
+    assert_eq!(detail.messages.len(), 2);
+    // No second acknowledgement for a conversation that already has one.
+    assert_eq!(outbox(app.store(), conversation_id).await.len(), 1);
+}
+
 // ---- the binary, killed after a 250 ----
 
 /// The binary with its relay pointed at a port where nobody listens, so the
