@@ -321,7 +321,7 @@ impl EmailChannel {
         };
         let written = self
             .intake(
-                InboundRaw::New(record),
+                InboundRaw::New(Box::new(record)),
                 &route.queue,
                 sender.is_none(),
                 mail,

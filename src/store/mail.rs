@@ -384,7 +384,8 @@ impl InboundRecord {
 /// earlier and not processed (recovery after a crash).
 #[derive(Debug, Clone)]
 pub enum InboundRaw {
-    New(InboundRecord),
+    /// Boxed: the record is large and the other variant two words.
+    New(Box<InboundRecord>),
     Stored {
         id: i64,
         /// A conversation an earlier, interrupted processing opened.

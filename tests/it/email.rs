@@ -487,7 +487,7 @@ fn job(message_id: &str, target: InboundTarget) -> InboundJob {
         "From: anna@esempio.it\r\nSubject: Prova\r\nMessage-ID: <{message_id}>\r\n\r\nTesto.\r\n"
     );
     InboundJob {
-        raw: InboundRaw::New(InboundRecord {
+        raw: InboundRaw::New(Box::new(InboundRecord {
             envelope_id: "test".into(),
             mail_from: "anna@esempio.it".into(),
             recipients: "[\"urp@comune.monteverde.it\"]".into(),
@@ -504,7 +504,7 @@ fn job(message_id: &str, target: InboundTarget) -> InboundJob {
             malformed: false,
             raw: raw.into_bytes(),
             received_at: ccu::now_ms(),
-        }),
+        })),
         target,
         text: "Testo.".into(),
         attachments: Vec::new(),
