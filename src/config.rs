@@ -724,6 +724,77 @@ pub struct EmailSettings {
     pub tls_key: Option<PathBuf>,
     pub relay: RelaySettings,
     pub outbox: OutboxSettings,
+    /// Poll a mailbox on another server as well (optional).
+    #[serde(default)]
+    pub imap: Option<ImapSettings>,
+}
+
+/// `[email.imap]`: poll a mailbox on another server (optional; for cities
+/// whose mail is delivered elsewhere). Mail fetched there goes through the
+/// same durable path as mail the SMTP door receives.
+#[derive(Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImapSettings {
+    pub host: String,
+    pub port: u16,
+    /// `none` (loopback or a trusted network only), `implicit` (993) or
+    /// `starttls`.
+    pub tls: ImapTls,
+    pub username: String,
+    /// Never logged: the `Debug` impl leaves it out. Set it with
+    /// `CCU_EMAIL__IMAP__PASSWORD`.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// The folder to poll.
+    #[serde(default = "default_imap_mailbox")]
+    pub mailbox: String,
+    /// Which of our addresses (a key of `email.mailboxes`) this mailbox
+    /// receives: its mail goes to that address's queue.
+    pub address: String,
+    pub poll_interval_seconds: u64,
+    /// After a mail is stored: absent, it is flagged `\Seen`; set, it is
+    /// moved to this folder.
+    #[serde(default)]
+    pub move_to: Option<String>,
+    /// Extra trusted roots (PEM) for the server's certificate.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    #[serde(default = "default_imap_timeout")]
+    pub timeout_seconds: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImapTls {
+    None,
+    Implicit,
+    Starttls,
+}
+
+fn default_imap_mailbox() -> String {
+    "INBOX".into()
+}
+
+fn default_imap_timeout() -> u64 {
+    60
+}
+
+impl std::fmt::Debug for ImapSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImapSettings")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("tls", &self.tls)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("mailbox", &self.mailbox)
+            .field("address", &self.address)
+            .field("poll_interval_seconds", &self.poll_interval_seconds)
+            .field("move_to", &self.move_to)
+            .field("ca_file", &self.ca_file)
+            .field("timeout_seconds", &self.timeout_seconds)
+            .finish()
+    }
 }
 
 /// The relay every outgoing mail goes through.
@@ -830,6 +901,48 @@ impl Settings {
                 "email.tls_key",
                 "set both tls_cert and tls_key, or neither",
             ));
+        }
+        if let Some(imap) = &email.imap {
+            if imap.host.trim().is_empty() || imap.host.chars().any(char::is_whitespace) {
+                return Err(ConfigError::new("email.imap.host", "must be a host name"));
+            }
+            positive("email.imap.port", imap.port.into())?;
+            positive(
+                "email.imap.poll_interval_seconds",
+                imap.poll_interval_seconds,
+            )?;
+            positive("email.imap.timeout_seconds", imap.timeout_seconds)?;
+            if imap.username.is_empty() {
+                return Err(ConfigError::new("email.imap.username", "must not be empty"));
+            }
+            if imap.password.as_deref().unwrap_or("").is_empty() {
+                return Err(ConfigError::new(
+                    "email.imap.password",
+                    "set it (CCU_EMAIL__IMAP__PASSWORD)",
+                ));
+            }
+            if !email
+                .mailboxes
+                .keys()
+                .any(|m| m.eq_ignore_ascii_case(&imap.address))
+            {
+                return Err(ConfigError::new(
+                    "email.imap.address",
+                    "must be one of email.mailboxes",
+                ));
+            }
+            for (key, folder) in [
+                ("email.imap.mailbox", Some(&imap.mailbox)),
+                ("email.imap.move_to", imap.move_to.as_ref()),
+            ] {
+                if let Some(folder) = folder
+                    && (folder.is_empty()
+                        || !folder.is_ascii()
+                        || folder.contains(['\r', '\n', '\0']))
+                {
+                    return Err(ConfigError::new(key, "a non-empty ASCII folder name"));
+                }
+            }
         }
         if !email.acknowledgement.contains("{reference}") {
             return Err(ConfigError::new(

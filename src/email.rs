@@ -55,6 +55,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
 use ccu_email::address::EmailAddress;
+use ccu_email::imap::{ImapClient, ImapConfig, ImapSecurity};
 use ccu_email::inbound::{InboundMail, ParseLimits, parse_inbound};
 use ccu_email::noise::{NoiseReason, classify};
 use ccu_email::outbound::{
@@ -72,7 +73,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::AppState;
-use crate::config::{Channel, EmailSettings};
+use crate::config::{Channel, EmailSettings, ImapSettings, ImapTls};
 use crate::hub::{Hub, HubError};
 use crate::ratelimit::{RateLimiter, Verdict};
 use crate::store::mail::{
@@ -100,6 +101,8 @@ pub enum EmailError {
     Writer(String),
     #[error("conversation {0} has no e-mail address to answer")]
     NoAddress(i64),
+    #[error("IMAP: {0}")]
+    Imap(#[from] ccu_email::imap::ImapError),
 }
 
 /// What one step of the outbox worker did.
@@ -166,6 +169,8 @@ pub struct EmailChannel {
     pause_after_transient: Duration,
     /// Wakes the worker when a mail is enqueued.
     wake: Arc<Notify>,
+    /// `[email.imap]` as the client needs it.
+    imap: Option<ImapConfig>,
 }
 
 type WriterReply = oneshot::Sender<Result<InboundWritten, EmailError>>;
@@ -245,6 +250,7 @@ impl EmailChannel {
             ),
             wake,
             writer,
+            imap: settings.imap.as_ref().map(imap_config).transpose()?,
             zone: state.settings.zone(),
             mailboxes,
             queues,
@@ -710,6 +716,117 @@ impl EmailChannel {
         }
     }
 
+    // ---- IMAP polling (optional) ----
+
+    /// One poll of `[email.imap]` (STYLE rule 13; the loop is
+    /// [`EmailChannel::run_imap`]): logs in, takes every unseen message,
+    /// stores each through the same durable path as SMTP mail, and only
+    /// after its commit flags it `\Seen` or moves it. A crash in between
+    /// fetches it again next time; the Message-ID dedupe stores it once.
+    pub async fn poll_imap(&self) -> Result<ImapPoll, EmailError> {
+        let (Some(imap), Some(config)) = (&self.settings.imap, &self.imap) else {
+            return Ok(ImapPoll::default());
+        };
+        let mut client = ImapClient::connect(config).await?;
+        let validity = client.select(&imap.mailbox).await?.unwrap_or(0);
+        let mut poll = ImapPoll::default();
+        for uid in client.unseen().await? {
+            let Some(raw) = client.fetch(uid).await? else {
+                continue;
+            };
+            poll.fetched += 1;
+            let written = self.store_fetched(raw, validity, uid, imap).await?;
+            if written.duplicate {
+                poll.duplicates += 1;
+            } else {
+                poll.stored += 1;
+            }
+            match &imap.move_to {
+                Some(folder) => client.move_to(uid, folder).await?,
+                None => client.mark_seen(uid).await?,
+            }
+        }
+        client.logout().await;
+        Ok(poll)
+    }
+
+    async fn store_fetched(
+        &self,
+        raw: Vec<u8>,
+        validity: u32,
+        uid: u32,
+        imap: &ImapSettings,
+    ) -> Result<InboundWritten, EmailError> {
+        let route = self
+            .mailboxes
+            .get(&imap.address.to_lowercase())
+            .cloned()
+            .ok_or_else(|| EmailError::Recipient(imap.address.clone()))?;
+        let null_sender = null_return_path(&raw);
+        let (mail, raw) = self.parse(raw).await?;
+        let noise = classify(&mail, null_sender, Some(&self.loop_token));
+        // No envelope over IMAP: the sender is the From: address (the
+        // dedupe key with the Message-ID), `""` for a bounce.
+        let sender = match (&mail.from, null_sender) {
+            (Some(from), false) => from.address.as_str().to_owned(),
+            _ => String::new(),
+        };
+        let record = InboundRecord {
+            envelope_id: format!("imap:{validity}:{uid}"),
+            mail_from: sender,
+            recipients: serde_json::to_string(&[route.mailbox.as_str()])
+                .unwrap_or_else(|_| "[]".into()),
+            mailbox: route.mailbox.as_str().to_owned(),
+            queue_id: route.queue.to_string(),
+            helo: imap.host.clone(),
+            peer: format!("imap://{}:{}/{}", imap.host, imap.port, imap.mailbox),
+            tls: imap.tls != ImapTls::None,
+            message_id: mail.message_id.clone(),
+            from_address: mail.from.as_ref().map(|f| f.address.as_str().to_owned()),
+            from_name: mail.from.as_ref().and_then(|f| f.name.clone()),
+            subject: mail.subject.clone(),
+            noise: noise.map(noise_name).map(str::to_owned),
+            malformed: mail.malformed,
+            raw,
+            received_at: crate::now_ms(),
+        };
+        self.intake(
+            InboundRaw::New(Box::new(record)),
+            &route.queue,
+            null_sender,
+            mail,
+            noise,
+        )
+        .await
+    }
+
+    /// Polls `[email.imap]` every `poll_interval_seconds` until shutdown.
+    /// A poll cut by shutdown is safe: what was committed is flagged at the
+    /// next poll, found by its Message-ID.
+    pub async fn run_imap(self: Arc<Self>, shutdown: CancellationToken) {
+        let Some(imap) = self.settings.imap.clone() else {
+            return;
+        };
+        let every = Duration::from_secs(imap.poll_interval_seconds);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                polled = self.poll_imap() => match polled {
+                    Ok(poll) if poll.fetched > 0 => tracing::info!(
+                        fetched = poll.fetched, stored = poll.stored, duplicates = poll.duplicates,
+                        mailbox = %imap.mailbox, "IMAP poll"
+                    ),
+                    Ok(_) => {}
+                    Err(err) => tracing::warn!(%err, host = %imap.host, "IMAP poll failed; trying again at the next interval"),
+                },
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+        }
+    }
+
     // ---- outbound ----
 
     /// Stores a mail in the outbox (durable when this returns) and wakes
@@ -938,6 +1055,7 @@ impl MailSink for EmailChannel {
 pub struct Running {
     smtp: JoinHandle<()>,
     outbox: JoinHandle<()>,
+    imap: JoinHandle<()>,
 }
 
 impl Running {
@@ -946,10 +1064,12 @@ impl Running {
     pub async fn stopped(self) {
         let _ = self.smtp.await;
         let _ = self.outbox.await;
+        let _ = self.imap.await;
     }
 }
 
-/// Starts the SMTP door on `listener` and the outbox worker.
+/// Starts the SMTP door on `listener`, the outbox worker and, when
+/// `[email.imap]` is set, the IMAP poller.
 pub fn start(
     state: &AppState,
     listener: TcpListener,
@@ -964,8 +1084,9 @@ pub fn start(
         channel.clone(),
         shutdown.child_token(),
     ));
+    let imap = tokio::spawn(channel.clone().run_imap(shutdown.child_token()));
     let outbox = tokio::spawn(channel.run_outbox(shutdown.child_token()));
-    Ok(Running { smtp, outbox })
+    Ok(Running { smtp, outbox, imap })
 }
 
 /// Binds the SMTP listener (`smtp_addr`).
@@ -1031,6 +1152,57 @@ async fn run_writer(
             }
         });
     }
+}
+
+/// What one IMAP poll did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ImapPoll {
+    /// Unseen messages fetched.
+    pub fetched: usize,
+    /// Of those, stored now.
+    pub stored: usize,
+    /// Of those, already stored (a poll cut between commit and flag).
+    pub duplicates: usize,
+}
+
+/// `Return-Path: <>` in the header: a bounce (RFC 5321 §4.4), the IMAP
+/// equivalent of the null reverse-path.
+fn null_return_path(raw: &[u8]) -> bool {
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .or_else(|| raw.windows(2).position(|w| w == b"\n\n"))
+        .unwrap_or(raw.len());
+    raw[..end].split(|&b| b == b'\n').any(|line| {
+        let line = String::from_utf8_lossy(line);
+        let lower = line.to_ascii_lowercase();
+        lower
+            .strip_prefix("return-path:")
+            .is_some_and(|v| v.trim() == "<>")
+    })
+}
+
+fn imap_config(imap: &ImapSettings) -> anyhow::Result<ImapConfig> {
+    let ca_pem = match &imap.ca_file {
+        Some(path) => Some(
+            std::fs::read(path)
+                .with_context(|| format!("email.imap.ca_file: reading {}", path.display()))?,
+        ),
+        None => None,
+    };
+    Ok(ImapConfig {
+        host: imap.host.clone(),
+        port: imap.port,
+        security: match imap.tls {
+            ImapTls::None => ImapSecurity::None,
+            ImapTls::Implicit => ImapSecurity::Implicit,
+            ImapTls::Starttls => ImapSecurity::StartTls,
+        },
+        username: imap.username.clone(),
+        password: imap.password.clone().unwrap_or_default(),
+        ca_pem,
+        timeout: Duration::from_secs(imap.timeout_seconds),
+    })
 }
 
 struct Known {

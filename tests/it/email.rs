@@ -1127,6 +1127,244 @@ async fn a_citizen_writing_again_to_a_closed_conversation_is_queued_again() {
     assert_eq!(outbox(app.store(), conversation_id).await.len(), 1);
 }
 
+// ---- IMAP polling, against a real dovecot ----
+
+/// A dovecot IMAP server (Debian `dovecot-imapd`) on a loopback port, with
+/// one user `citta` whose maildir the test fills. Run unprivileged when the
+/// test is; as root, its processes drop to dovecot's own users.
+struct Dovecot {
+    _child: tokio::process::Child,
+    port: u16,
+    maildir: std::path::PathBuf,
+    owner: Option<(u32, u32)>,
+    _dir: tempfile::TempDir,
+}
+
+impl Dovecot {
+    async fn start() -> Dovecot {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let id = |flag: &str| {
+            let out = std::process::Command::new("id").arg(flag).output().unwrap();
+            String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        };
+        let is_root = id("-u") == "0";
+        // Dovecot refuses to run logins or mail access as root.
+        let (owner, uid, gid, login, internal, group) = if is_root {
+            (
+                Some((65534, 65534)),
+                "65534".to_owned(),
+                "65534".to_owned(),
+                "dovenull".to_owned(),
+                "dovecot".to_owned(),
+                "dovecot".to_owned(),
+            )
+        } else {
+            (None, id("-u"), id("-g"), id("-un"), id("-un"), id("-gn"))
+        };
+        std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let home = root.join("home");
+        let maildir = home.join("Maildir");
+        for sub in [
+            "new",
+            "cur",
+            "tmp",
+            ".Archivio/new",
+            ".Archivio/cur",
+            ".Archivio/tmp",
+        ] {
+            std::fs::create_dir_all(maildir.join(sub)).unwrap();
+        }
+        let port = free_port().port();
+        std::fs::write(
+            root.join("passwd"),
+            format!(
+                "citta:{{PLAIN}}segreta-imap:{uid}:{gid}::{}\n",
+                home.display()
+            ),
+        )
+        .unwrap();
+        let conf = root.join("dovecot.conf");
+        let r = root.display();
+        std::fs::write(
+            &conf,
+            format!(
+                "protocols = imap\nlisten = 127.0.0.1\nbase_dir = {r}/run\nstate_dir = {r}/state\n\
+                 instance_name = ccu-test-{port}\nlog_path = {r}/dovecot.log\nssl = no\n\
+                 disable_plaintext_auth = no\nauth_mechanisms = plain login\n\
+                 mail_location = maildir:~/Maildir\nfirst_valid_uid = 0\n\
+                 default_internal_user = {internal}\ndefault_internal_group = {group}\n\
+                 default_login_user = {login}\n\
+                 passdb {{\n  driver = passwd-file\n  args = {r}/passwd\n}}\n\
+                 userdb {{\n  driver = passwd-file\n  args = {r}/passwd\n}}\n\
+                 service imap-login {{\n  chroot =\n  inet_listener imap {{\n    address = 127.0.0.1\n    port = {port}\n  }}\n  inet_listener imaps {{\n    port = 0\n  }}\n}}\n\
+                 service anvil {{\n  chroot =\n}}\n"
+            ),
+        )
+        .unwrap();
+        let server = Dovecot {
+            _child: tokio::process::Command::new("dovecot")
+                .arg("-F")
+                .arg("-c")
+                .arg(&conf)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .unwrap_or_else(|e| {
+                    panic!("cannot run dovecot ({e}): install the Debian package `dovecot-imapd`")
+                }),
+            port,
+            maildir,
+            owner,
+            _dir: dir,
+        };
+        server.chown(&home);
+        wait_for("dovecot to listen", || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .ok()
+                .map(|_| ())
+        })
+        .await;
+        server
+    }
+
+    fn chown(&self, path: &Path) {
+        if let Some((uid, gid)) = self.owner {
+            for entry in walk(path) {
+                std::os::unix::fs::chown(&entry, Some(uid), Some(gid)).unwrap();
+            }
+        }
+    }
+
+    /// Delivers a message into the inbox (a maildir file in `new/`).
+    fn deliver(&self, name: &str, message: &str) {
+        let path = self.maildir.join("new").join(name);
+        std::fs::write(&path, message.replace('\n', "\r\n")).unwrap();
+        self.chown(&path);
+    }
+
+    /// The maildir flags of the inbox's messages (`S` is \Seen), by file.
+    fn inbox_flags(&self) -> Vec<String> {
+        let mut flags: Vec<String> = ["new", "cur"]
+            .iter()
+            .flat_map(|sub| std::fs::read_dir(self.maildir.join(sub)).unwrap())
+            .map(|e| {
+                let name = e.unwrap().file_name().to_string_lossy().into_owned();
+                name.split_once(":2,")
+                    .map(|(_, f)| f.to_owned())
+                    .unwrap_or_default()
+            })
+            .collect();
+        flags.sort();
+        flags
+    }
+
+    fn archived(&self) -> usize {
+        ["new", "cur"]
+            .iter()
+            .map(|sub| {
+                std::fs::read_dir(self.maildir.join(".Archivio").join(sub))
+                    .unwrap()
+                    .count()
+            })
+            .sum()
+    }
+
+    fn settings(&self, move_to: Option<&str>) -> Vec<(&'static str, Value)> {
+        let mut imap = json!({
+            "host": "127.0.0.1", "port": self.port, "tls": "none", "username": "citta",
+            "password": "segreta-imap", "address": TRIBUTI, "poll_interval_seconds": 3600,
+            "timeout_seconds": 10,
+        });
+        if let Some(folder) = move_to {
+            imap["move_to"] = json!(folder);
+        }
+        vec![("email.imap", imap)]
+    }
+}
+
+fn walk(path: &Path) -> Vec<std::path::PathBuf> {
+    let mut all = vec![path.to_owned()];
+    if path.is_dir() {
+        for entry in std::fs::read_dir(path).unwrap() {
+            all.extend(walk(&entry.unwrap().path()));
+        }
+    }
+    all
+}
+
+const IMAP_MAIL: &str = "From: Carla Verdi <carla.verdi@esempio.it>\nTo: tributi@comune.monteverde.it\nSubject: Rimborso IMU\nMessage-ID: <imap-1@esempio.it>\n\nHo pagato due volte la rata di giugno.\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mail_polled_over_imap_becomes_a_conversation_and_is_flagged_only_after_it_is_stored() {
+    let dovecot = Dovecot::start().await;
+    dovecot.deliver("1.eml", IMAP_MAIL);
+    // The poller runs at start.
+    let app = spawn_mail_app(None, &dovecot.settings(None)).await;
+    let mail = wait_for("the polled mail to be stored", || async {
+        app.store()
+            .inbound_mail_by_message_id("imap-1@esempio.it")
+            .await
+            .unwrap()
+            .pop()
+    })
+    .await;
+    assert_eq!(mail.queue_id, "tributi");
+    assert_eq!(mail.mail_from, "carla.verdi@esempio.it");
+    assert!(
+        mail.envelope_id.starts_with("imap:"),
+        "{}",
+        mail.envelope_id
+    );
+    let detail = conversation(app.store(), mail.conversation_id.unwrap()).await;
+    assert_eq!(detail.conversation.channel, ccu::config::Channel::Email);
+    assert_eq!(detail.conversation.subject.as_deref(), Some("Rimborso IMU"));
+    assert!(detail.messages[0].body.contains("due volte la rata"));
+    assert_eq!(outbox(app.store(), detail.conversation.id).await.len(), 1);
+    wait_for("the message to be flagged \\Seen on the server", || async {
+        (dovecot.inbox_flags() == ["S"]).then_some(())
+    })
+    .await;
+
+    // The same message again, unseen (as after a crash between our commit
+    // and the flag): stored once, flagged.
+    dovecot.deliver("2.eml", IMAP_MAIL);
+    let channel = EmailChannel::new(&app.state).unwrap();
+    let poll = channel.poll_imap().await.unwrap();
+    assert_eq!((poll.fetched, poll.stored, poll.duplicates), (1, 0, 1));
+    assert_eq!(dovecot.inbox_flags(), ["S", "S"]);
+    inbound(app.store(), "imap-1@esempio.it").await;
+
+    // A restarted server finds nothing new.
+    let app = app.restart().await;
+    let channel = EmailChannel::new(&app.state).unwrap();
+    assert_eq!(channel.poll_imap().await.unwrap().fetched, 0);
+    inbound(app.store(), "imap-1@esempio.it").await;
+    assert_eq!(
+        conversation(app.store(), detail.conversation.id)
+            .await
+            .messages
+            .len(),
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mail_polled_over_imap_can_be_moved_to_a_folder_after_it_is_stored() {
+    let dovecot = Dovecot::start().await;
+    dovecot.deliver("1.eml", IMAP_MAIL);
+    let app = spawn_mail_app(None, &dovecot.settings(Some("Archivio"))).await;
+    wait_for("the message to be moved", || async {
+        (dovecot.archived() == 1 && dovecot.inbox_flags().is_empty()).then_some(())
+    })
+    .await;
+    let mail = inbound(app.store(), "imap-1@esempio.it").await;
+    assert!(mail.processed_at.is_some() && mail.conversation_id.is_some());
+}
+
 // ---- the binary, killed after a 250 ----
 
 /// The binary with its relay pointed at a port where nobody listens, so the
@@ -1190,6 +1428,26 @@ fn email_settings_are_validated_and_errors_name_the_key() {
     assert!(err.to_string().contains("colour"), "{err}");
     let err = with("email.tls_cert", json!("/etc/ccu/mx.pem")).unwrap_err();
     assert_eq!(err.key, "email.tls_key");
+    let imap = json!({
+        "host": "imap.esempio.it", "port": 993, "tls": "implicit", "username": "urp",
+        "password": "segretissima-imap", "address": "altro@comune.monteverde.it",
+        "poll_interval_seconds": 60,
+    });
+    let err = with("email.imap", imap.clone()).unwrap_err();
+    assert_eq!(err.key, "email.imap.address");
+    let mut no_password = imap.clone();
+    no_password["address"] = json!(URP);
+    no_password.as_object_mut().unwrap().remove("password");
+    assert_eq!(
+        with("email.imap", no_password).unwrap_err().key,
+        "email.imap.password"
+    );
+    let mut good = imap.clone();
+    good["address"] = json!(URP);
+    let settings = with("email.imap", good).unwrap();
+    let imap = settings.email.imap.expect("imap settings");
+    assert_eq!(imap.mailbox, "INBOX");
+    assert!(!format!("{imap:?}").contains("segretissima-imap"));
     // The relay password never appears in debug output.
     let settings = with("email.relay.username", json!("ccu")).unwrap();
     let mut relay = settings.email.relay.clone();

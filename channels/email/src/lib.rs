@@ -45,6 +45,7 @@
 
 pub mod address;
 mod html;
+pub mod imap;
 pub mod inbound;
 pub mod noise;
 pub mod outbound;
