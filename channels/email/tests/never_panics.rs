@@ -105,3 +105,43 @@ proptest! {
         }
     }
 }
+
+/// IMAP-shaped input: response fragments, literals announced with any
+/// length, and noise.
+fn imapish() -> impl Strategy<Value = Vec<u8>> {
+    let fragments = prop::sample::select(vec![
+        &b"* 1 FETCH (UID 7 BODY[] {5}\r\n"[..],
+        b"* SEARCH 1 2 3\r\n",
+        b"c1 OK done\r\n",
+        b"c2 NO [TRYCREATE] no\r\n",
+        b"* OK [UIDVALIDITY 42] ok\r\n",
+        b"{0}\r\n",
+        b"{4294967295}\r\n",
+        b"(\"a\\\"b\" NIL (x (y)))",
+        b")\r\n",
+        b"+ go\r\n",
+        b"\r\n",
+        b"* BYE\r\n",
+    ]);
+    prop::collection::vec(
+        prop_oneof![
+            fragments.prop_map(<[u8]>::to_vec),
+            prop::collection::vec(any::<u8>(), 0..12),
+        ],
+        0..16,
+    )
+    .prop_map(|parts| parts.concat())
+}
+
+proptest! {
+    #[test]
+    fn the_imap_response_parser_takes_any_bytes(input in imapish()) {
+        // Consume responses as the client does: each one uses at least a
+        // byte and never more than there is.
+        let mut rest: &[u8] = &input;
+        while let Ok(Some((_, used))) = ccu_email::imap::proto::parse_response(rest) {
+            prop_assert!(used > 0 && used <= rest.len());
+            rest = &rest[used..];
+        }
+    }
+}
