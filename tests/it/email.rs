@@ -1204,17 +1204,24 @@ impl Dovecot {
         )
         .unwrap();
         let server = Dovecot {
-            _child: tokio::process::Command::new("dovecot")
-                .arg("-F")
-                .arg("-c")
-                .arg(&conf)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .kill_on_drop(true)
-                .spawn()
-                .unwrap_or_else(|e| {
-                    panic!("cannot run dovecot ({e}): install the Debian package `dovecot-imapd`")
-                }),
+            _child: tokio::process::Command::new(
+                // /usr/sbin is not on every PATH (a non-root shell's).
+                if Path::new("/usr/sbin/dovecot").exists() {
+                    "/usr/sbin/dovecot"
+                } else {
+                    "dovecot"
+                },
+            )
+            .arg("-F")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot run dovecot ({e}): install the Debian package `dovecot-imapd`")
+            }),
             port,
             maildir,
             owner,
