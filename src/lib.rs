@@ -21,6 +21,7 @@ pub mod router;
 pub mod sip;
 pub mod store;
 pub mod telemetry;
+pub mod voice;
 pub mod web;
 pub mod writer;
 pub mod ws;

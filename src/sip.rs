@@ -92,7 +92,9 @@ pub fn start(
     if state.sip.set(endpoint.handle()).is_err() {
         anyhow::bail!("the SIP endpoint was started twice");
     }
-    let tu = tokio::spawn(transaction_user(requests, gate, shutdown));
+    let voice = crate::voice::start(state, endpoint.handle(), shutdown.clone())
+        .context("starting the call manager")?;
+    let tu = tokio::spawn(transaction_user(requests, gate, shutdown, voice));
     Ok(Running { endpoint, tu })
 }
 
@@ -109,6 +111,7 @@ async fn transaction_user(
     mut requests: mpsc::Receiver<IncomingRequest>,
     mut gate: TrunkGate,
     shutdown: CancellationToken,
+    voice: Option<crate::voice::Voice>,
 ) {
     let mut purge = tokio::time::interval(Duration::from_secs(60));
     loop {
@@ -123,6 +126,15 @@ async fn transaction_user(
                 None => return,
             },
         };
+        // Requests of a call in progress (BYE, ACK, INFO, REFER, re-INVITE)
+        // go to it (src/voice.rs).
+        let incoming = match &voice {
+            Some(voice) => match voice.dispatch(incoming) {
+                Some(incoming) => incoming,
+                None => continue,
+            },
+            None => incoming,
+        };
         let request = &incoming.request;
         let to_tag = incoming.handle.to_tag();
         let response = match request.method {
@@ -136,20 +148,26 @@ async fn transaction_user(
             Method::Invite => {
                 match gate.admit(request, incoming.source, wall_clock(), to_tag) {
                     Admission::Accept(call) => {
+                        metrics::counter!("ccu_sip_invites_total", "status" => "accepted")
+                            .increment(1);
+                        if let Some(voice) = &voice {
+                            voice.incoming(incoming, call).await;
+                            continue;
+                        }
                         tracing::info!(
                             trunk = %call.trunk,
                             called = %call.called.number,
                             queue = %call.called.queue,
                             caller = call.caller.as_ref().map(|c| c.as_str()).unwrap_or("anonymous"),
                             source = %incoming.source,
-                            "incoming call accepted from a trunk; no call layer yet, answering 480"
+                            "incoming call accepted from a trunk; no [ivr] configured, answering 480"
                         );
                         // RFC 3326: why, for the carrier's records.
                         let mut response =
                             request.response(StatusCode::TEMPORARILY_UNAVAILABLE, to_tag);
                         response.headers.push(
                             HeaderName::Reason,
-                            "SIP;cause=480;text=\"voice calls are not connected yet\"",
+                            "SIP;cause=480;text=\"voice calls are not configured\"",
                         );
                         response
                     }

@@ -14,4 +14,5 @@ mod process;
 mod routing;
 mod sip;
 mod store_suite;
+mod voice;
 mod ws;

@@ -71,6 +71,8 @@ async fn voice_app(extra: &[(&str, Value)]) -> TestApp {
     let mut overrides = vec![
         ("sip.registrar.algorithms", json!(["MD5"])),
         ("sip.registrar.max_auth_failures", json!(3)),
+        // Admission only: answered calls are tested in tests/it/voice.rs.
+        ("ivr", Value::Null),
     ];
     overrides.extend(extra.iter().cloned());
     spawn_app_with(&overrides).await
