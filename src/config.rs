@@ -1244,15 +1244,6 @@ mod tests {
     }
 
     #[test]
-    fn an_override_can_remove_the_menu() {
-        let settings = with("ivr", serde_json::Value::Null).expect("valid without a menu");
-        assert!(
-            settings.ivr.is_none(),
-            "no [ivr]: calls are refused with 480"
-        );
-    }
-
-    #[test]
     fn bad_voice_settings_name_the_key() {
         for (ports, reason) in [
             ("20000", "is not \"first-last\""),

@@ -71,8 +71,12 @@ async fn voice_app(extra: &[(&str, Value)]) -> TestApp {
     let mut overrides = vec![
         ("sip.registrar.algorithms", json!(["MD5"])),
         ("sip.registrar.max_auth_failures", json!(3)),
-        // Admission only: answered calls are tested in tests/it/voice.rs.
+        // Admission only (480 without [ivr]): answered calls are in tests/it/voice.rs.
         ("ivr", Value::Null),
+        (
+            "sip.numbers",
+            json!({ NUMBER: { "queue": "urp", "ivr": null } }),
+        ),
     ];
     overrides.extend(extra.iter().cloned());
     spawn_app_with(&overrides).await
