@@ -8,7 +8,7 @@ BIN=sys.argv[1] if len(sys.argv) > 1 else "target/release/ccu"
 d="/tmp/ccu-bench-burst"; shutil.rmtree(d, ignore_errors=True); os.makedirs(d)
 s=socket.socket(); s.bind(("127.0.0.1",0)); port=s.getsockname()[1]; s.close()
 s=socket.socket(); s.bind(("127.0.0.1",0)); sport=s.getsockname()[1]; s.close()
-env=dict(os.environ, CCU_HTTP_ADDR=f"127.0.0.1:{port}", CCU_SMTP_ADDR=f"127.0.0.1:{sport}", CCU_DATA_DIR=d, CCU_DATABASE_URL=f"sqlite://{d}/ccu.db", RUST_LOG="warn", CCU_HTTP__TRUST_FORWARDED_FOR="true")
+env=dict(os.environ, CCU_HTTP_ADDR=f"127.0.0.1:{port}", CCU_SMTP_ADDR=f"127.0.0.1:{sport}", CCU_SIP_ADDR="127.0.0.1:0", CCU_DATA_DIR=d, CCU_DATABASE_URL=f"sqlite://{d}/ccu.db", RUST_LOG="warn", CCU_HTTP__TRUST_FORWARDED_FOR="true")
 p=subprocess.Popen([BIN,"--config","config/default.toml"],env=env,stdout=subprocess.DEVNULL,stderr=subprocess.DEVNULL)
 while True:
     try:

@@ -50,7 +50,7 @@ for run in $(seq "$RUNS"); do
     relay_pid=$!
     sleep 1
   fi
-  CCU_HTTP_ADDR=127.0.0.1:0 CCU_SMTP_ADDR=127.0.0.1:0 CCU_DATA_DIR="$scratch" \
+  CCU_HTTP_ADDR=127.0.0.1:0 CCU_SMTP_ADDR=127.0.0.1:0 CCU_SIP_ADDR=127.0.0.1:0 CCU_DATA_DIR="$scratch" \
     CCU_DATABASE_URL="sqlite://$scratch/ccu.db" CCU_LOG_FORMAT=json RUST_LOG=warn,ccu::app=info \
     CCU_EMAIL__PER_SENDER_PER_HOUR=1000000 CCU_EMAIL__RELAY__PORT=$relay_port \
     CCU_QUEUES__URP__SCHEDULE=$SCHEDULE CCU_QUEUES__URP__HOLIDAYS=false \
