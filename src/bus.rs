@@ -205,13 +205,6 @@ impl Bus {
             .subscribe()
     }
 
-    /// Keyed subscriptions alive on this node.
-    pub fn keyed_subscriptions(&self) -> usize {
-        self.fanout
-            .get()
-            .map_or(0, crate::fanout::Fanout::subscriptions)
-    }
-
     /// Whether the bus can deliver events right now.
     pub async fn healthy(&self) -> bool {
         match &self.redis {

@@ -309,8 +309,9 @@ impl Fanout {
         }
     }
 
-    /// Subscriptions alive on this node (for /metrics and tests).
-    pub fn subscriptions(&self) -> usize {
+    /// Subscriptions alive on this node.
+    #[cfg(test)]
+    fn subscriptions(&self) -> usize {
         lock(&self.registry).entries.len()
     }
 }

@@ -423,16 +423,19 @@ impl Voice {
                         Msg::Request(incoming) => {
                             let request = &incoming.request;
                             let call_id = request.headers.call_id().unwrap_or_default().to_owned();
-                            if let Ok(cseq) = request.headers.cseq()
-                                && request.method != Method::Ack
-                            {
-                                handles.insert((call_id.clone(), cseq.seq, cseq.method.to_string()), incoming.handle.clone());
-                            }
                             let leg = if call_id == context.caller_call_id {
                                 Some(SipLeg::Caller)
                             } else {
                                 call.phone_leg(&call_id)
                             };
+                            // Kept only for a leg the call answers: a request
+                            // answered 481 below must not leave an entry behind.
+                            if leg.is_some()
+                                && let Ok(cseq) = request.headers.cseq()
+                                && request.method != Method::Ack
+                            {
+                                handles.insert((call_id.clone(), cseq.seq, cseq.method.to_string()), incoming.handle.clone());
+                            }
                             match leg {
                                 Some(leg) => call.handle(now, CallInput::Sip { leg, event: DialogEvent::Request(request) }),
                                 None if request.method != Method::Ack => {

@@ -419,20 +419,19 @@ impl ChatSession {
         // commit, say) may still be on its way through the bus; the page
         // takes the ack's id as its `last_id`, so send such lines first or
         // they would be skipped, here and on a resume (regression: a line
-        // with a lower id than the citizen's own was never shown).
-        if message.id > self.last_sent + 1 {
-            let earlier = self
-                .state
-                .store
-                .citizen_messages_after(conversation, self.last_sent)
-                .await?;
-            for m in earlier
-                .iter()
-                .filter(|m| m.id < message.id && m.direction == "outbound")
-            {
-                if !self.push(m, socket).await {
-                    return Err(ApiError::BadRequest("connection lost".into()));
-                }
+        // with a lower id than the citizen's own was never shown). Ids are
+        // global, so this is one indexed read per citizen line, usually empty.
+        let earlier = self
+            .state
+            .store
+            .citizen_messages_after(conversation, self.last_sent)
+            .await?;
+        for m in earlier
+            .iter()
+            .filter(|m| m.id < message.id && m.direction == "outbound")
+        {
+            if !self.push(m, socket).await {
+                return Err(ApiError::BadRequest("connection lost".into()));
             }
         }
         // Acknowledged only now that it is stored.

@@ -469,6 +469,11 @@ impl TrunkGate {
                 if !self.failures.contains_key(&ip) && self.failures.len() >= MAX_FAILURE_ENTRIES {
                     self.failures
                         .retain(|_, (_, since)| wall_clock.saturating_sub(*since) < window);
+                    // Still full of live entries (a spread of addresses):
+                    // the cap holds; this address is refused, not tracked.
+                    if self.failures.len() >= MAX_FAILURE_ENTRIES {
+                        return outcome;
+                    }
                 }
                 let entry = self.failures.entry(ip).or_insert((0, wall_clock));
                 if wall_clock.saturating_sub(entry.1) >= window {
