@@ -366,6 +366,17 @@ impl RouterHandle {
         .await
     }
 
+    /// The operator's phone rang out (or they have none): a missed offer.
+    pub async fn missed(&self, user: i64, offer: u64) -> Result<(), RouterError> {
+        self.request(
+            Event::OfferTimedOut {
+                offer: OfferId(offer),
+            },
+            Some(OperatorId(user_key(user))),
+        )
+        .await
+    }
+
     /// The conversation ended: completed by the operator or abandoned by the citizen.
     pub async fn ended(&self, conversation: i64, abandoned: bool) -> Result<(), RouterError> {
         let reason = if abandoned {
@@ -657,7 +668,9 @@ impl Actor {
     /// An answer to an offer is accepted only from the operator it was made to.
     fn check_owner(&self, event: &Event, operator: Option<OperatorId>) -> Result<(), RouterError> {
         let offer = match event {
-            Event::OfferAccepted { offer } | Event::OfferRejected { offer } => *offer,
+            Event::OfferAccepted { offer }
+            | Event::OfferRejected { offer }
+            | Event::OfferTimedOut { offer } => *offer,
             _ => return Ok(()),
         };
         let Some(operator) = operator else {

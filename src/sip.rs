@@ -7,7 +7,7 @@
 //! ```text
 //!  phones ──REGISTER──▶ endpoint ─▶ registrar ─▶ StoreCredentials (sip_accounts)
 //!  trunk ───INVITE────▶ endpoint ─▶ transaction_user ─▶ TrunkGate: 403 / 404 / 407 / accept
-//!                                                          accept ─▶ 480 until the call layer lands
+//!                                                          accept ─▶ Voice::incoming (480 without [ivr])
 //! ```
 //!
 //! OPTIONS, CANCEL and what validation refuses are answered inside the
@@ -104,9 +104,9 @@ fn wall_clock() -> Duration {
         .unwrap_or_default()
 }
 
-/// Requests for the TU: INVITEs through the trunk gate; in-dialog requests
-/// (BYE, INFO, REFER, NOTIFY) and ACKs of 2xx have no dialog to belong to
-/// until the call layer lands.
+/// Requests for the TU: a call's requests (by Call-ID) go to it; new
+/// INVITEs through the trunk gate to the call manager; in-dialog requests
+/// of no call get 481.
 async fn transaction_user(
     mut requests: mpsc::Receiver<IncomingRequest>,
     mut gate: TrunkGate,
@@ -129,7 +129,7 @@ async fn transaction_user(
         // Requests of a call in progress (BYE, ACK, INFO, REFER, re-INVITE)
         // go to it (src/voice.rs).
         let incoming = match &voice {
-            Some(voice) => match voice.dispatch(incoming) {
+            Some(voice) => match voice.dispatch(incoming).await {
                 Some(incoming) => incoming,
                 None => continue,
             },

@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use ccu_channels::call::{
-    Call, CallConfig, CallInput, CallOutput, CallSetup, Device, OfferOutcome, SipLeg, SipSend,
+    Call, CallConfig, CallInput, CallOutput, CallRecord, CallSetup, Device, OfferOutcome, SipLeg,
+    SipSend,
 };
 use ccu_channels::ivr::{Ivr, Opening};
 use ccu_channels::media::announce::QueueStatus;
@@ -44,7 +45,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::AppState;
 use crate::bus::BusEvent;
-use crate::config::{Channel, PortRange};
+use crate::config::{Channel, ClosedAction, PortRange};
 use crate::hub::Arrival;
 
 /// What a call task hears.
@@ -60,6 +61,8 @@ enum Msg {
     Offer {
         offer: u64,
         operator: i64,
+        /// Unix ms.
+        expires_at: i64,
     },
     Withdraw,
     Position(QueueStatus),
@@ -73,11 +76,63 @@ struct Shared {
     ivr: Arc<Ivr>,
     /// Call-ID (the caller's and every phone leg's) → its call.
     calls: Mutex<HashMap<String, mpsc::Sender<Msg>>>,
-    conversations: Mutex<HashMap<i64, mpsc::Sender<Msg>>>,
+    conversations: Mutex<Conversations>,
     ports: PortRange,
     next_port: AtomicUsize,
     media_ip: IpAddr,
     shutdown: CancellationToken,
+}
+
+/// Conversation → its call, and what the bus said of a conversation
+/// before its call knew its id.
+///
+/// The router may offer a call in the moment between the store's insert
+/// and [`crate::hub::Hub::open_conversation`] returning the id to the call
+/// (an operator is waiting): such an offer is kept here briefly and handed
+/// over when the call registers, instead of being lost (the phone would
+/// never ring and the offer would time out).
+#[derive(Default)]
+struct Conversations {
+    calls: HashMap<i64, mpsc::Sender<Msg>>,
+    early: HashMap<i64, (Instant, Vec<Msg>)>,
+}
+
+impl Conversations {
+    /// Messages older than this for an unknown conversation are another
+    /// node's (or an ended call's) and are dropped.
+    const EARLY_TTL: Duration = Duration::from_secs(5);
+    const EARLY_MAX: usize = 1024;
+
+    /// The call to hand `msg` to; or `msg` kept for a call to come.
+    fn deliver(&mut self, conversation: i64, msg: Msg) -> Option<(mpsc::Sender<Msg>, Msg)> {
+        if let Some(sender) = self.calls.get(&conversation) {
+            return Some((sender.clone(), msg));
+        }
+        // Only what a call must not miss (positions come again; withdrawals
+        // and ends of unknown conversations concern nobody here).
+        if matches!(msg, Msg::Offer { .. }) {
+            let now = Instant::now();
+            self.early
+                .retain(|_, (at, _)| now.duration_since(*at) < Self::EARLY_TTL);
+            if self.early.len() < Self::EARLY_MAX || self.early.contains_key(&conversation) {
+                self.early
+                    .entry(conversation)
+                    .or_insert_with(|| (now, Vec::new()))
+                    .1
+                    .push(msg);
+            }
+        }
+        None
+    }
+
+    /// The call of `conversation`, and what came for it before.
+    fn register(&mut self, conversation: i64, sender: mpsc::Sender<Msg>) -> Vec<Msg> {
+        self.calls.insert(conversation, sender);
+        self.early
+            .remove(&conversation)
+            .map(|(_, msgs)| msgs)
+            .unwrap_or_default()
+    }
 }
 
 /// The call manager; cheap to clone.
@@ -141,7 +196,7 @@ pub fn start(
         library: Arc::new(library),
         ivr: Arc::new(ivr),
         calls: Mutex::new(HashMap::new()),
-        conversations: Mutex::new(HashMap::new()),
+        conversations: Mutex::new(Conversations::default()),
         ports,
         next_port: AtomicUsize::new(0),
         media_ip,
@@ -181,19 +236,34 @@ impl Voice {
     }
 
     /// A request for one of our calls goes to it; anything else comes back.
-    pub fn dispatch(&self, incoming: IncomingRequest) -> Option<IncomingRequest> {
-        let call_id = incoming.request.headers.call_id().ok()?.to_owned();
-        let sender = lock(&self.0.calls).get(&call_id).cloned();
-        match sender {
-            Some(sender) => {
-                if let Err(mpsc::error::TrySendError::Full(Msg::Request(incoming))) =
-                    sender.try_send(Msg::Request(Box::new(incoming)))
-                {
-                    return Some(*incoming);
+    /// A call too busy to take it (its channel full) answers `503` with
+    /// `Retry-After` (RFC 3261 §21.5.4): the peer retransmits or retries
+    /// rather than hearing `481` for a dialog that exists.
+    pub async fn dispatch(&self, incoming: IncomingRequest) -> Option<IncomingRequest> {
+        let Ok(call_id) = incoming.request.headers.call_id() else {
+            return Some(incoming);
+        };
+        let sender = lock(&self.0.calls).get(call_id).cloned();
+        let sender = match sender {
+            Some(sender) => sender,
+            None => return Some(incoming),
+        };
+        match sender.try_send(Msg::Request(Box::new(incoming))) {
+            Ok(()) => None,
+            Err(mpsc::error::TrySendError::Full(Msg::Request(incoming))) => {
+                // An ACK has no response; the 2xx retransmission brings it again.
+                if incoming.request.method != Method::Ack {
+                    let mut response = incoming
+                        .request
+                        .response(StatusCode::SERVICE_UNAVAILABLE, incoming.handle.to_tag());
+                    response.headers.push(HeaderName::RetryAfter, "1");
+                    let _ = incoming.handle.respond(response).await;
                 }
                 None
             }
-            None => Some(incoming),
+            // The call just ended: the TU answers as for an unknown dialog.
+            Err(mpsc::error::TrySendError::Closed(Msg::Request(incoming))) => Some(*incoming),
+            Err(_) => None,
         }
     }
 
@@ -202,7 +272,9 @@ impl Voice {
             return;
         };
         lock(&self.0.calls).retain(|_, s| !s.same_channel(&sender));
-        lock(&self.0.conversations).retain(|_, s| !s.same_channel(&sender));
+        lock(&self.0.conversations)
+            .calls
+            .retain(|_, s| !s.same_channel(&sender));
     }
 
     async fn bus_listener(self) {
@@ -225,12 +297,14 @@ impl Voice {
                     conversation_id,
                     operator_id,
                     channel,
+                    expires_at,
                     ..
                 } if channel == "voice" => (
                     *conversation_id,
                     Msg::Offer {
                         offer: *offer_id,
                         operator: *operator_id,
+                        expires_at: *expires_at,
                     },
                 ),
                 BusEvent::OfferWithdrawn {
@@ -255,8 +329,8 @@ impl Voice {
                 } if by != "citizen" && by != "voice" => (*conversation_id, Msg::HangUp),
                 _ => continue,
             };
-            let sender = lock(&self.0.conversations).get(&conversation).cloned();
-            if let Some(sender) = sender {
+            let sender = lock(&self.0.conversations).deliver(conversation, msg);
+            if let Some((sender, msg)) = sender {
                 let _ = sender.try_send(msg);
             }
         }
@@ -303,6 +377,27 @@ impl Voice {
             }),
             sent_by: host.to_string(),
             transport,
+        }
+    }
+
+    /// Whether the number's queue takes calls now (its schedule and
+    /// holidays, as the router sees them); a queue whose closed action is
+    /// `queue` takes them at any hour. Closed: the IVR plays the closed
+    /// prompts and hangs up.
+    fn opening(&self, queue: &str) -> Opening {
+        let settings = &self.0.state.settings;
+        let queues_anyway = settings
+            .queues
+            .get(queue)
+            .is_some_and(|q| q.closed_action == ClosedAction::Queue);
+        match settings.opening_hours(queue) {
+            Ok(hours) if !queues_anyway && !hours.is_open(chrono::Utc::now()) => Opening::Closed,
+            Ok(_) => Opening::Open,
+            Err(error) => {
+                // Validated at start; a queue without hours takes calls.
+                tracing::warn!(%queue, "opening hours: {error}");
+                Opening::Open
+            }
         }
     }
 
@@ -355,7 +450,7 @@ impl Voice {
                 player: random_start(),
             },
             operator_stream: random_start(),
-            opening: Opening::Open,
+            opening: self.opening(&trunk.called.queue),
         };
         let caller_call_id = incoming.request.headers.call_id()?.to_owned();
         let mut call = match Call::new(
@@ -382,14 +477,33 @@ impl Voice {
         let mut context = CallContext {
             voice: self.clone(),
             me,
-            caller_call_id,
+            caller_call_id: caller_call_id.clone(),
             caller_target,
             phones: HashMap::new(),
             vias: HashMap::new(),
             conversation: None,
+            queue: trunk.called.queue.clone(),
             operator: None,
             answered: false,
+            ringing: Vec::new(),
+            pending: Vec::new(),
         };
+        // The caller's leg, first of the call's records.
+        context
+            .record_event(
+                "call_started",
+                None,
+                serde_json::json!({
+                    "call_id": caller_call_id,
+                    "caller": trunk.caller.as_ref().map(|c| c.as_str()),
+                    "caller_name": trunk.caller_name,
+                    "called": trunk.called.number.as_str(),
+                    "trunk": trunk.trunk,
+                    "transport": incoming.transport.to_string(),
+                    "source": incoming.source.to_string(),
+                }),
+            )
+            .await;
         let mut shutting_down = false;
         let mut buf_a = vec![0_u8; 2048];
         let mut buf_b = vec![0_u8; 2048];
@@ -453,10 +567,11 @@ impl Voice {
                                 call.handle(now, CallInput::Sip { leg, event: DialogEvent::RequestFailed { method } });
                             }
                         },
-                        Msg::Offer { offer, operator } => {
+                        Msg::Offer { offer, operator, expires_at } => {
                             let conversation = context.conversation.unwrap_or_default();
                             let bindings = shared.sip.bindings(OperatorId(operator));
                             let mut devices = Vec::new();
+                            context.ringing.clear();
                             for binding in bindings {
                                 let device = Device {
                                     target: binding.contact.uri.clone(),
@@ -469,12 +584,22 @@ impl Voice {
                                     TransportKind::Tcp => Target::Tcp(binding.source),
                                 };
                                 context.phones.insert(device.call_id.clone(), target);
+                                context.ringing.push(serde_json::json!({
+                                    "call_id": device.call_id,
+                                    "contact": binding.contact.uri.to_string(),
+                                    "transport": binding.transport.to_string(),
+                                }));
                                 lock(&shared.calls).insert(device.call_id.clone(), context.me.clone());
                                 devices.push(device);
                             }
                             context.operator = Some((offer, operator));
                             tracing::info!(offer, operator, devices = devices.len(), "ringing the operator's phones");
-                            call.handle(now, CallInput::Offer { offer, operator, conversation, devices });
+                            // The phone rings until the offer expires (the
+                            // router's offer timeout), or the ring timeout.
+                            let ring_for = u64::try_from(expires_at - crate::now_ms())
+                                .ok()
+                                .map(Duration::from_millis);
+                            call.handle(now, CallInput::Offer { offer, operator, conversation, devices, ring_for });
                         }
                         Msg::Withdraw => call.handle(now, CallInput::WithdrawOffer),
                         Msg::Position(status) => call.handle(now, CallInput::QueueStatus(status)),
@@ -513,11 +638,143 @@ struct CallContext {
     /// The Via each phone INVITE went out with, for its CANCEL.
     vias: HashMap<String, String>,
     conversation: Option<i64>,
+    /// The conversation's queue (the number's until the IVR chose).
+    queue: String,
     operator: Option<(u64, i64)>,
     answered: bool,
+    /// The devices of the offer ringing now, for its record.
+    ringing: Vec<serde_json::Value>,
+    /// Records made before the conversation exists (the IVR's): stored
+    /// once it is opened.
+    pending: Vec<PendingEvent>,
+}
+
+struct PendingEvent {
+    at: i64,
+    kind: &'static str,
+    operator: Option<i64>,
+    data: serde_json::Value,
+}
+
+/// A call record as a conversation event: its kind, operator and data.
+fn call_event(record: &CallRecord) -> (&'static str, Option<i64>, serde_json::Value) {
+    use serde_json::json;
+    let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    match record {
+        CallRecord::IvrPath(path) => (
+            "call_ivr",
+            None,
+            json!({ "path": path.iter().map(ToString::to_string).collect::<Vec<_>>() }),
+        ),
+        CallRecord::Rang {
+            offer,
+            operator,
+            devices,
+        } => (
+            "call_ringing",
+            Some(*operator),
+            json!({ "offer": offer, "devices": devices }),
+        ),
+        CallRecord::OfferEnded {
+            offer,
+            operator,
+            end,
+        } => (
+            "call_not_answered",
+            Some(*operator),
+            json!({
+                "offer": offer,
+                "reason": end.as_str(),
+                "status": end.status().map(|s| s.as_u16()),
+            }),
+        ),
+        CallRecord::Answered {
+            offer,
+            operator,
+            waited,
+        } => (
+            "call_answered",
+            Some(*operator),
+            json!({ "offer": offer, "waited_ms": millis(*waited) }),
+        ),
+        CallRecord::Hold { by_phone } => (
+            "call_held",
+            None,
+            json!({ "by": if *by_phone { "phone" } else { "console" } }),
+        ),
+        CallRecord::Unhold {
+            by_phone,
+            music_packets,
+        } => (
+            "call_resumed",
+            None,
+            json!({
+                "by": if *by_phone { "phone" } else { "console" },
+                "music_packets": music_packets,
+            }),
+        ),
+        CallRecord::Transferred { to } => ("call_transferred", None, json!({ "to": to })),
+        CallRecord::Hangup {
+            cause,
+            relayed_to_caller,
+            relayed_to_operator,
+        } => (
+            "call_ended",
+            None,
+            json!({
+                "cause": cause.as_str(),
+                "relayed_to_caller": relayed_to_caller,
+                "relayed_to_operator": relayed_to_operator,
+            }),
+        ),
+    }
 }
 
 impl CallContext {
+    /// Stores a record as a conversation event, or keeps it until the
+    /// conversation exists.
+    async fn record_event(
+        &mut self,
+        kind: &'static str,
+        operator: Option<i64>,
+        data: serde_json::Value,
+    ) {
+        let event = PendingEvent {
+            at: crate::now_ms(),
+            kind,
+            operator,
+            data,
+        };
+        match self.conversation {
+            Some(conversation) => self.store_event(conversation, event).await,
+            None => self.pending.push(event),
+        }
+    }
+
+    async fn store_event(&self, conversation: i64, event: PendingEvent) {
+        let result = self
+            .voice
+            .0
+            .state
+            .store
+            .append_event(
+                conversation,
+                event.at,
+                event.kind,
+                Some(&self.queue),
+                event.operator,
+                &event.data,
+            )
+            .await;
+        if let Err(error) = result {
+            tracing::warn!(
+                conversation,
+                kind = event.kind,
+                "call record not stored: {error}"
+            );
+        }
+    }
+
     fn target_of(&self, leg: SipLeg, call_id: &str) -> Option<Target> {
         match leg {
             SipLeg::Caller => Some(self.caller_target),
@@ -561,7 +818,15 @@ impl CallContext {
                     Ok(conversation) => {
                         tracing::info!(conversation = conversation.id, %queue, path = %path.join(" "), "call queued");
                         self.conversation = Some(conversation.id);
-                        lock(&shared.conversations).insert(conversation.id, self.me.clone());
+                        self.queue = queue.clone();
+                        let early =
+                            lock(&shared.conversations).register(conversation.id, self.me.clone());
+                        for msg in early {
+                            let _ = self.me.try_send(msg);
+                        }
+                        for event in std::mem::take(&mut self.pending) {
+                            self.store_event(conversation.id, event).await;
+                        }
                     }
                     Err(error) => {
                         tracing::error!(%queue, "the call could not be queued: {error}");
@@ -580,8 +845,10 @@ impl CallContext {
                         router.accept(operator, offer).await
                     }
                     OfferOutcome::Declined(_) => router.decline(operator, offer).await,
-                    // The router's own offer timeout settles a missed offer.
-                    OfferOutcome::Missed => Ok(()),
+                    // Rang out, or no device: missed (the operator's misses
+                    // count towards not-ready). The router may have timed
+                    // the offer out itself a moment before.
+                    OfferOutcome::Missed => router.missed(operator, offer).await,
                 };
                 if let Err(error) = result {
                     tracing::warn!(offer, operator, ?outcome, "router: {error}");
@@ -613,12 +880,19 @@ impl CallContext {
                         .await
                     {
                         tracing::warn!(conversation, %target, "transfer: {error}");
+                    } else if shared.state.settings.queues.contains_key(&queue) {
+                        self.queue = queue;
                     }
                     self.answered = false;
                 }
             }
             CallOutput::Record(record) => {
-                tracing::info!(conversation = ?self.conversation, ?record, "call event");
+                tracing::debug!(conversation = ?self.conversation, ?record, "call record");
+                let (kind, operator, mut data) = call_event(&record);
+                if let CallRecord::Rang { .. } = record {
+                    data["devices"] = serde_json::Value::Array(std::mem::take(&mut self.ringing));
+                }
+                self.record_event(kind, operator, data).await;
             }
             CallOutput::CallbackRequested => {
                 tracing::info!(conversation = ?self.conversation, "callback requested");

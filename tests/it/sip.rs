@@ -53,18 +53,6 @@ async fn sipp(server: SocketAddr, scenario: &str, transport: &str, extra: &[&str
         .expect("sipp started")
 }
 
-#[track_caller]
-fn assert_sipp_ok(output: &Output, what: &str) {
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "{what}: sipp exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
-        output.status.code(),
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
 /// A server whose registrar offers MD5 only (for sipp) and locks a
 /// username out of an address after 3 failures.
 async fn voice_app(extra: &[(&str, Value)]) -> TestApp {

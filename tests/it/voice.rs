@@ -1,7 +1,12 @@
 //! Calls to the unified number through the server, with sipp (Debian
-//! `sip-tester`) as the trunk: the IVR answers, the caller chooses by RFC
-//! 4733 DTMF (sip-tester's `dtmf_2833_1.pcap`), the call is queued as a
-//! voice conversation, and a hang-up while queued is an abandon.
+//! `sip-tester`) as the trunk and as the operators' phones: the IVR
+//! answers, the caller chooses by RFC 4733 DTMF (sip-tester's
+//! `dtmf_2833_1.pcap`), the call is queued as a voice conversation and
+//! offered to an available operator, whose registered phone (a sipp that
+//! REGISTERed with digest authentication and plays the server's INVITEs
+//! with an out-of-call scenario, `-oocsf`) rings, answers, refuses, holds
+//! or hangs up. What the phone saw is read from its `-trace_logs` file;
+//! what the server did, from the conversation's events.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -11,6 +16,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::helpers::*;
+use crate::ws::Ws;
 
 const NUMBER: &str = "+390612345678";
 
@@ -25,6 +31,11 @@ fn sipp_binary() -> PathBuf {
 }
 
 async fn sipp(server: SocketAddr, scenario: &str, extra: &[&str]) -> Output {
+    sipp_over(server, scenario, "u1", extra).await
+}
+
+/// One call of `scenario` over `transport` (`u1` or `t1`).
+async fn sipp_over(server: SocketAddr, scenario: &str, transport: &str, extra: &[&str]) -> Output {
     let scratch = tempfile::tempdir().unwrap();
     tokio::time::timeout(
         Duration::from_secs(60),
@@ -34,7 +45,7 @@ async fn sipp(server: SocketAddr, scenario: &str, extra: &[&str]) -> Output {
             .arg(repo_path("tests/sipp").join(scenario))
             .args([
                 "-t",
-                "u1",
+                transport,
                 "-nostdin",
                 "-m",
                 "1",
@@ -55,9 +66,14 @@ async fn sipp(server: SocketAddr, scenario: &str, extra: &[&str]) -> Output {
     .expect("sipp started")
 }
 
-/// A server taking calls to NUMBER from 127.0.0.1, media on system ports.
+/// A server taking calls to NUMBER from 127.0.0.1, media on system ports,
+/// the number's queue (urp) and anagrafe (key 1) open around the clock.
 async fn calls_app() -> TestApp {
-    spawn_app_with(&[
+    calls_app_with(&[]).await
+}
+
+async fn calls_app_with(extra: &[(&str, Value)]) -> TestApp {
+    let mut overrides = vec![
         ("sip.registrar.algorithms", json!(["MD5"])),
         (
             "sip.trunks",
@@ -66,8 +82,13 @@ async fn calls_app() -> TestApp {
         ("sip.numbers", json!({ NUMBER: { "queue": "urp" } })),
         ("voice.rtp_ports", json!("0")),
         ("voice.media_address", json!("127.0.0.1")),
-    ])
-    .await
+        ("queues.urp.schedule", json!("h24")),
+        ("queues.urp.holidays", json!(false)),
+        ("queues.anagrafe.schedule", json!("h24")),
+        ("queues.anagrafe.holidays", json!(false)),
+    ];
+    overrides.extend(extra.iter().cloned());
+    spawn_app_with(&overrides).await
 }
 
 async fn conversation(app: &TestApp, id: i64) -> Option<Value> {
@@ -104,4 +125,419 @@ async fn a_caller_who_presses_1_is_queued_for_anagrafe_and_hanging_up_is_an_aban
         "the key 1 of the menu: {conversation}"
     );
     assert_eq!(conversation["state"], "abandoned", "{conversation}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outside_opening_hours_the_caller_hears_the_closed_message_and_the_call_ends() {
+    // A schedule with no open hour at all: closed whenever the test runs.
+    let app = calls_app_with(&[
+        ("schedules.never", json!({})),
+        ("queues.urp.schedule", json!("never")),
+    ])
+    .await;
+    let started = std::time::Instant::now();
+    let output = sipp(app.sip_addr, "call_closed.xml", &["-s", "0612345678"]).await;
+    assert_sipp_ok(&output, "the caller, who gets BYE");
+    // The closed prompts ("closed", "goodbye") were played before the BYE.
+    assert!(
+        started.elapsed() > Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(conversation(&app, 1).await.is_none(), "nothing was queued");
+}
+
+const PHONE_PASSWORD: &str = "password del telefono dell'operatore";
+
+/// A server whose anagrafe queue (key 1) is open around the clock and
+/// has no wrap-up; phones ring `ring` seconds, offers last `offer` seconds.
+async fn operators_app(ring: u64, offer: u64) -> TestApp {
+    calls_app_with(&[
+        ("voice.ring_timeout_seconds", json!(ring)),
+        ("queues.anagrafe.wrap_up_seconds", json!(0)),
+        ("queues.anagrafe.offer_timeout_seconds", json!(offer)),
+    ])
+    .await
+}
+
+/// An operator of anagrafe (at `level`) with the SIP account `sip_user`;
+/// returns the user id and a session token.
+async fn operator(app: &TestApp, name: &str, sip_user: &str, level: u8) -> (i64, String) {
+    let password = "una password lunga e sicura";
+    let response = app
+        .post(
+            "/api/v1/users",
+            &app.admin_token,
+            &json!({
+                "username": name,
+                "display_name": name,
+                "password": password,
+                "role": "operator",
+                "organization_id": "comune",
+                "skills": { "anagrafe": level },
+                "languages": ["it"],
+            }),
+        )
+        .await;
+    assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
+    let id = response.json::<Value>().await.unwrap()["id"]
+        .as_i64()
+        .unwrap();
+    let response = app
+        .client
+        .put(app.url(&format!("/api/v1/users/{id}/sip")))
+        .bearer_auth(&app.admin_token)
+        .json(&json!({ "username": sip_user, "password": PHONE_PASSWORD }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    (id, app.login(name, password).await)
+}
+
+/// The operator's console, with the operator available.
+async fn available(app: &TestApp, token: &str) -> Ws {
+    let mut console = Ws::open(app, "/ws/operator", Some(token)).await.unwrap();
+    console.expect("hello").await;
+    console
+        .send(json!({"type": "presence", "presence": "available"}))
+        .await;
+    let presence = console.expect("presence").await;
+    assert_eq!(presence["presence"]["presence"], "available", "{presence}");
+    console
+}
+
+/// An operator's phone: a sipp that registered as `sip_user` and plays the
+/// server's calls with the out-of-call scenario `answers`, echoing the RTP
+/// it receives (`-rtp_echo`). It lives until [`Phone::hang_up_the_line`].
+struct Phone {
+    child: tokio::process::Child,
+    scratch: tempfile::TempDir,
+}
+
+impl Phone {
+    async fn register(
+        app: &TestApp,
+        user: i64,
+        sip_user: &str,
+        transport: &str,
+        answers: &str,
+    ) -> Phone {
+        let scratch = tempfile::tempdir().unwrap();
+        let media_port = std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+            .to_string();
+        let child = tokio::process::Command::new(sipp_binary())
+            .current_dir(scratch.path())
+            .arg("-sf")
+            .arg(repo_path("tests/sipp/phone_register.xml"))
+            .arg("-oocsf")
+            .arg(repo_path("tests/sipp").join(answers))
+            .args(["-t", transport, "-nostdin", "-m", "1", "-d", "120000"])
+            .args(["-i", "127.0.0.1", "-mi", "127.0.0.1", "-mp", &media_port])
+            .args(["-rtp_echo", "-trace_logs", "-trace_err"])
+            .args(["-s", sip_user, "-au", sip_user, "-ap", PHONE_PASSWORD])
+            .arg(app.sip_addr.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("sipp started");
+        let phone = Phone { child, scratch };
+        phone.wait_for("registered").await;
+        let view: Value = app
+            .get(&format!("/api/v1/users/{user}/sip"), &app.admin_token)
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            view["registrations"].as_array().map(Vec::len),
+            Some(1),
+            "{view}"
+        );
+        phone
+    }
+
+    /// What the phone's scenarios logged so far.
+    fn logs(&self) -> String {
+        let mut text = String::new();
+        for entry in std::fs::read_dir(self.scratch.path()).unwrap().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.ends_with("_logs.log") || name.ends_with("_errors.log") {
+                text.push_str(&std::fs::read_to_string(entry.path()).unwrap_or_default());
+            }
+        }
+        text
+    }
+
+    /// Waits (20 s at most) until the phone logged `line` `times` times.
+    async fn wait_for_n(&self, line: &str, times: usize) {
+        for _ in 0..200 {
+            if self.logs().lines().filter(|l| l.trim() == line).count() >= times {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the phone never logged {line:?} {times}×:\n{}", self.logs());
+    }
+
+    async fn wait_for(&self, line: &str) {
+        self.wait_for_n(line, 1).await;
+    }
+
+    /// Stops sipp (SIGTERM: it writes its logs and exits) and returns the logs.
+    async fn hang_up_the_line(mut self) -> String {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await;
+        self.logs()
+    }
+}
+
+/// The conversation's events, once one of kind `until` is stored (10 s at most):
+/// `completed` or `abandoned` come after the call's own `call_ended`.
+async fn events_until(app: &TestApp, id: i64, until: &str) -> Vec<Value> {
+    let mut last = Value::Null;
+    for _ in 0..100 {
+        if let Some(c) = conversation(app, id).await {
+            let events = c["events"].as_array().cloned().unwrap_or_default();
+            if events.iter().any(|e| e["kind"] == until) {
+                return events;
+            }
+            last = c;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no {until:?} event: {last}");
+}
+
+fn kinds(events: &[Value]) -> Vec<&str> {
+    events.iter().filter_map(|e| e["kind"].as_str()).collect()
+}
+
+fn event<'a>(events: &'a [Value], kind: &str) -> &'a Value {
+    events
+        .iter()
+        .find(|e| e["kind"] == kind)
+        .unwrap_or_else(|| panic!("no {kind} in {events:?}"))
+}
+
+fn data(event: &Value) -> Value {
+    serde_json::from_str(event["data"].as_str().unwrap_or("{}")).unwrap()
+}
+
+async fn a_call_answered_by_the_operator_carries_audio_both_ways(transport: &str) {
+    let app = operators_app(20, 30).await;
+    let (anna, token) = operator(&app, "anna.voce", "2001", 6).await;
+    let phone = Phone::register(&app, anna, "2001", transport, "phone_answer.xml").await;
+    let _console = available(&app, &token).await;
+
+    let caller = sipp_over(
+        app.sip_addr,
+        "call_talk_hangup.xml",
+        transport,
+        &["-s", "0612345678"],
+    )
+    .await;
+    assert_sipp_ok(&caller, "the caller");
+    phone.wait_for("bye received").await;
+    let logs = phone.hang_up_the_line().await;
+    assert!(logs.contains("invite conversation=1"), "{logs}");
+    assert!(logs.contains("answered"), "{logs}");
+
+    let events = events_until(&app, 1, "completed").await;
+    let answered = event(&events, "call_answered");
+    assert_eq!(answered["operator_id"], anna, "{events:?}");
+    let ended = data(event(&events, "call_ended"));
+    assert_eq!(ended["cause"], "caller", "{ended}");
+    // The caller played 5 s of g711a.pcap (30 ms packets) while bridged:
+    // relayed to the phone, echoed by it, relayed back to the caller.
+    let to_phone = ended["relayed_to_operator"].as_u64().unwrap();
+    let to_caller = ended["relayed_to_caller"].as_u64().unwrap();
+    assert!(to_phone >= 100, "{ended}");
+    assert!(to_caller >= 100, "{ended}");
+    let conversation = conversation(&app, 1).await.unwrap();
+    assert_eq!(conversation["operator_id"], anna, "{conversation}");
+    assert_eq!(conversation["state"], "closed", "{conversation}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_answered_by_the_operator_carries_audio_both_ways_over_udp() {
+    a_call_answered_by_the_operator_carries_audio_both_ways("u1").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_answered_by_the_operator_carries_audio_both_ways_over_tcp() {
+    a_call_answered_by_the_operator_carries_audio_both_ways("t1").await;
+}
+
+/// The events of `kind`.
+fn all<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    events.iter().filter(|e| e["kind"] == kind).collect()
+}
+
+/// Two operators of anagrafe: Anna (level 9, offered first: the queue
+/// picks the best skill) whose phone plays `first`, and Bruno (level 5)
+/// whose phone answers. The caller talks and hangs up.
+async fn the_first_phone_does_not_take_it_and_the_second_answers(
+    first: &str,
+    first_logs: &str,
+) -> (TestApp, i64, i64, Vec<Value>) {
+    let app = operators_app(2, 30).await;
+    let (anna, anna_token) = operator(&app, "anna.voce", "2001", 9).await;
+    let (bruno, bruno_token) = operator(&app, "bruno.voce", "2002", 5).await;
+    let anna_phone = Phone::register(&app, anna, "2001", "u1", first).await;
+    let bruno_phone = Phone::register(&app, bruno, "2002", "u1", "phone_answer.xml").await;
+    let _anna_console = available(&app, &anna_token).await;
+    let _bruno_console = available(&app, &bruno_token).await;
+
+    let caller = sipp(app.sip_addr, "call_talk_hangup.xml", &["-s", "0612345678"]).await;
+    assert_sipp_ok(&caller, "the caller");
+    anna_phone.wait_for(first_logs).await;
+    bruno_phone.wait_for("bye received").await;
+    let anna_logs = anna_phone.hang_up_the_line().await;
+    let bruno_logs = bruno_phone.hang_up_the_line().await;
+    assert!(anna_logs.contains("invite conversation=1"), "{anna_logs}");
+    assert!(bruno_logs.contains("answered"), "{bruno_logs}");
+    let events = events_until(&app, 1, "completed").await;
+    (app, anna, bruno, events)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_phone_that_rings_out_is_a_missed_offer_and_the_next_operator_answers() {
+    let (app, anna, bruno, events) =
+        the_first_phone_does_not_take_it_and_the_second_answers("phone_no_answer.xml", "cancelled")
+            .await;
+    let rang = all(&events, "call_ringing");
+    assert_eq!(rang.len(), 2, "{events:?}");
+    assert_eq!(rang[0]["operator_id"], anna);
+    assert_eq!(rang[1]["operator_id"], bruno);
+    let missed = event(&events, "call_not_answered");
+    assert_eq!(missed["operator_id"], anna, "{events:?}");
+    assert_eq!(data(missed)["reason"], "ring_timeout", "{events:?}");
+    // The router heard a missed offer (not a refusal): back in place.
+    let requeued = event(&events, "requeued");
+    assert_eq!(data(requeued)["reason"], "missed", "{events:?}");
+    assert_eq!(event(&events, "call_answered")["operator_id"], bruno);
+    let conversation = conversation(&app, 1).await.unwrap();
+    assert_eq!(conversation["operator_id"], bruno, "{conversation}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_phone_declines_the_offer_and_the_call_is_offered_again() {
+    let (_app, anna, bruno, events) =
+        the_first_phone_does_not_take_it_and_the_second_answers("phone_busy.xml", "busy").await;
+    let busy = event(&events, "call_not_answered");
+    assert_eq!(busy["operator_id"], anna, "{events:?}");
+    assert_eq!(data(busy)["reason"], "busy", "{events:?}");
+    assert_eq!(data(busy)["status"], 486, "{events:?}");
+    let requeued = event(&events, "requeued");
+    assert_eq!(data(requeued)["reason"], "declined", "{events:?}");
+    let offered: Vec<&Value> = all(&events, "offered");
+    assert_eq!(offered.len(), 2, "{events:?}");
+    assert_eq!(offered[1]["operator_id"], bruno);
+    assert_eq!(event(&events, "call_answered")["operator_id"], bruno);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_who_hangs_up_while_the_phone_rings_has_the_phone_cancelled() {
+    let app = operators_app(20, 30).await;
+    let (anna, token) = operator(&app, "anna.voce", "2001", 6).await;
+    let phone = Phone::register(&app, anna, "2001", "u1", "phone_no_answer.xml").await;
+    let _console = available(&app, &token).await;
+    let caller = sipp(app.sip_addr, "call_dtmf_hangup.xml", &["-s", "0612345678"]).await;
+    assert_sipp_ok(&caller, "the caller");
+    // CANCEL, 200 to it, 487 to the INVITE and its ACK: RFC 3261 §9.
+    phone.wait_for("cancelled").await;
+    phone.hang_up_the_line().await;
+    let events = events_until(&app, 1, "abandoned").await;
+    let not_answered = event(&events, "call_not_answered");
+    assert_eq!(data(not_answered)["reason"], "caller_left", "{events:?}");
+    assert_eq!(data(event(&events, "call_ended"))["cause"], "caller");
+    let conversation = conversation(&app, 1).await.unwrap();
+    assert_eq!(conversation["state"], "abandoned", "{conversation}");
+}
+
+async fn the_operator_hangs_up_and_the_caller_gets_bye(transport: &str) {
+    let app = operators_app(20, 30).await;
+    let (anna, token) = operator(&app, "anna.voce", "2001", 6).await;
+    let phone = Phone::register(&app, anna, "2001", transport, "phone_hangs_up.xml").await;
+    let _console = available(&app, &token).await;
+    let caller = sipp_over(
+        app.sip_addr,
+        "call_operator_hangs_up.xml",
+        transport,
+        &["-s", "0612345678"],
+    )
+    .await;
+    assert_sipp_ok(&caller, "the caller, who gets BYE");
+    phone.wait_for("bye answered").await;
+    phone.hang_up_the_line().await;
+    let events = events_until(&app, 1, "completed").await;
+    assert_eq!(data(event(&events, "call_ended"))["cause"], "operator");
+    let conversation = conversation(&app, 1).await.unwrap();
+    assert_eq!(conversation["state"], "closed", "{conversation}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_hangs_up_and_the_caller_gets_bye_over_udp() {
+    the_operator_hangs_up_and_the_caller_gets_bye("u1").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_hangs_up_and_the_caller_gets_bye_over_tcp() {
+    the_operator_hangs_up_and_the_caller_gets_bye("t1").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_holds_the_caller_with_music_and_resumes() {
+    let app = operators_app(20, 30).await;
+    let (anna, token) = operator(&app, "anna.voce", "2001", 6).await;
+    let phone = Phone::register(&app, anna, "2001", "u1", "phone_hold.xml").await;
+    let _console = available(&app, &token).await;
+    let caller = sipp(
+        app.sip_addr,
+        "call_operator_hangs_up.xml",
+        &["-s", "0612345678"],
+    )
+    .await;
+    assert_sipp_ok(&caller, "the caller");
+    phone.wait_for("bye answered").await;
+    let logs = phone.hang_up_the_line().await;
+    assert!(logs.contains("held") && logs.contains("resumed"), "{logs}");
+    let events = events_until(&app, 1, "completed").await;
+    assert_eq!(
+        data(event(&events, "call_held"))["by"],
+        "phone",
+        "{events:?}"
+    );
+    let resumed = data(event(&events, "call_resumed"));
+    // Two seconds on hold: about 100 packets of music (20 ms each).
+    let music = resumed["music_packets"].as_u64().unwrap();
+    assert!(music >= 50, "{resumed}");
+    assert_eq!(
+        kinds(&events)
+            .into_iter()
+            .filter(|k| k.starts_with("call_"))
+            .collect::<Vec<_>>(),
+        [
+            "call_started",
+            "call_ivr",
+            "call_ringing",
+            "call_answered",
+            "call_held",
+            "call_resumed",
+            "call_ended"
+        ],
+        "{events:?}"
+    );
+    assert_eq!(data(event(&events, "call_ended"))["cause"], "operator");
 }

@@ -14,12 +14,13 @@ use crate::helpers::*;
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-struct Ws {
+/// A console or chat WebSocket (also used by the voice tests).
+pub(crate) struct Ws {
     socket: Socket,
 }
 
 impl Ws {
-    async fn open(app: &TestApp, path: &str, token: Option<&str>) -> Result<Ws, u16> {
+    pub(crate) async fn open(app: &TestApp, path: &str, token: Option<&str>) -> Result<Ws, u16> {
         let mut request = format!("ws://{}{path}", app.addr)
             .into_client_request()
             .unwrap();
@@ -37,7 +38,7 @@ impl Ws {
         }
     }
 
-    async fn send(&mut self, value: Value) {
+    pub(crate) async fn send(&mut self, value: Value) {
         self.socket
             .send(Frame::Text(value.to_string().into()))
             .await
@@ -45,7 +46,7 @@ impl Ws {
     }
 
     /// The next text frame, whatever its kind (10 s at most).
-    async fn next(&mut self) -> Value {
+    pub(crate) async fn next(&mut self) -> Value {
         tokio::time::timeout(Duration::from_secs(10), async {
             loop {
                 match self.socket.next().await {
@@ -60,7 +61,7 @@ impl Ws {
     }
 
     /// The next frame of `kind`, skipping others (10 s at most).
-    async fn expect(&mut self, kind: &str) -> Value {
+    pub(crate) async fn expect(&mut self, kind: &str) -> Value {
         tokio::time::timeout(Duration::from_secs(10), async {
             loop {
                 match self.socket.next().await {

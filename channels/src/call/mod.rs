@@ -127,12 +127,15 @@ pub enum CallInput<'a> {
     },
     /// The router's position and estimate for the waiting call.
     QueueStatus(QueueStatus),
-    /// The router offered the call to an operator: ring their devices.
+    /// The router offered the call to an operator: ring their devices,
+    /// for the configured ring timeout or until the offer expires
+    /// (`ring_for`), whichever comes first.
     Offer {
         offer: u64,
         operator: i64,
         conversation: i64,
         devices: Vec<Device>,
+        ring_for: Option<Duration>,
     },
     /// The router took the offer back (declined in the console, timed out
     /// there): stop ringing, no outcome to report.
@@ -193,6 +196,48 @@ impl HangupCause {
     }
 }
 
+/// How one offer's ringing ended without an answer (for the records).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OfferEnd {
+    /// The ring timeout passed (we CANCELled).
+    RingTimeout,
+    /// `486 Busy Here` or `600 Busy Everywhere`.
+    Busy(StatusCode),
+    /// `603 Decline`.
+    Declined(StatusCode),
+    /// Another final failure (`408`, `480`, `5xx`...) or no response.
+    Failed(StatusCode),
+    /// The router took the offer back (its own timeout, the console).
+    Withdrawn,
+    /// The caller hung up while the phones rang (we CANCELled).
+    CallerLeft,
+    /// The operator has no registered device.
+    NoDevice,
+}
+
+impl OfferEnd {
+    /// The stable name stored in conversation events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OfferEnd::RingTimeout => "ring_timeout",
+            OfferEnd::Busy(_) => "busy",
+            OfferEnd::Declined(_) => "declined",
+            OfferEnd::Failed(_) => "failed",
+            OfferEnd::Withdrawn => "withdrawn",
+            OfferEnd::CallerLeft => "caller_left",
+            OfferEnd::NoDevice => "no_device",
+        }
+    }
+
+    /// The phone's final response, when there was one.
+    pub fn status(self) -> Option<StatusCode> {
+        match self {
+            OfferEnd::Busy(s) | OfferEnd::Declined(s) | OfferEnd::Failed(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
 /// What the store records about the call (conversation events).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CallRecord {
@@ -203,26 +248,37 @@ pub enum CallRecord {
         operator: i64,
         devices: usize,
     },
-    /// A device refused or did not answer.
+    /// One device of the offer refused, failed or was cancelled.
     OfferEnded {
         offer: u64,
-        outcome: OfferOutcome,
+        operator: i64,
+        end: OfferEnd,
     },
     Answered {
         offer: u64,
         operator: i64,
+        /// Since the call was queued.
+        waited: Duration,
     },
     Hold {
         by_phone: bool,
     },
     Unhold {
         by_phone: bool,
+        /// Hold-music packets the caller was sent while on hold.
+        music_packets: u64,
     },
     /// Blind transfer (REFER from the phone, or the console).
     Transferred {
         to: String,
     },
-    Hangup(HangupCause),
+    Hangup {
+        cause: HangupCause,
+        /// RTP packets relayed from the operator to the caller, and from
+        /// the caller to the operator, over the whole call.
+        relayed_to_caller: u64,
+        relayed_to_operator: u64,
+    },
 }
 
 /// What the server must do.
@@ -301,6 +357,8 @@ pub struct Call {
     ivr_path: Vec<PathStep>,
     queued_at: Option<Instant>,
     held: bool,
+    /// Local packets sent to the caller when the hold began.
+    held_at_local: u64,
     /// A leg whose end is expected (transfer): its BYE does not end the call.
     leaving: Vec<u32>,
     out: VecDeque<CallOutput>,
@@ -377,6 +435,7 @@ impl Call {
             ivr_path: Vec::new(),
             queued_at: None,
             held: false,
+            held_at_local: 0,
             leaving: Vec::new(),
             out: VecDeque::new(),
             ended: None,
@@ -450,14 +509,21 @@ impl Call {
                 operator,
                 conversation,
                 devices,
+                ring_for,
             } => {
-                self.offer(now, offer, operator, conversation, devices);
+                self.offer(now, offer, operator, conversation, devices, ring_for);
             }
             CallInput::WithdrawOffer => {
-                if matches!(self.stage, Stage::Ringing { .. }) {
+                if let Stage::Ringing { offer, operator } = self.stage {
                     for fork in &mut self.phones {
                         fork.dialog.cancel(EndCause::Cancelled);
                     }
+                    self.out
+                        .push_back(CallOutput::Record(CallRecord::OfferEnded {
+                            offer,
+                            operator,
+                            end: OfferEnd::Withdrawn,
+                        }));
                     self.stage = Stage::Queued;
                 }
             }
@@ -635,14 +701,26 @@ impl Call {
         operator: i64,
         conversation: i64,
         devices: Vec<Device>,
+        ring_for: Option<Duration>,
     ) {
         if self.stage != Stage::Queued || devices.is_empty() {
+            if devices.is_empty() && self.stage == Stage::Queued {
+                self.out
+                    .push_back(CallOutput::Record(CallRecord::OfferEnded {
+                        offer,
+                        operator,
+                        end: OfferEnd::NoDevice,
+                    }));
+            }
             self.out.push_back(CallOutput::OfferOutcome {
                 offer,
                 outcome: OfferOutcome::Missed,
             });
             return;
         }
+        let ring_timeout = ring_for.map_or(self.config.ring_timeout, |d| {
+            d.min(self.config.ring_timeout)
+        });
         let from = self.phone_from();
         let queue = self.queue.clone().unwrap_or_default();
         self.out.push_back(CallOutput::Record(CallRecord::Rang {
@@ -672,7 +750,7 @@ impl Call {
                             conversation.to_string(),
                         ),
                     ],
-                    ring_timeout: Some(self.config.ring_timeout),
+                    ring_timeout: Some(ring_timeout),
                 },
             );
             self.phones.push(Fork {
@@ -743,8 +821,15 @@ impl Call {
             offer,
             outcome: OfferOutcome::Accepted,
         });
-        self.out
-            .push_back(CallOutput::Record(CallRecord::Answered { offer, operator }));
+        let waited = self
+            .queued_at
+            .map(|since| now.saturating_duration_since(since))
+            .unwrap_or_default();
+        self.out.push_back(CallOutput::Record(CallRecord::Answered {
+            offer,
+            operator,
+            waited,
+        }));
     }
 
     fn phone_ended(&mut self, now: Instant, leg: u32, cause: EndCause) {
@@ -753,18 +838,32 @@ impl Call {
             return;
         }
         match self.stage {
-            Stage::Ringing { offer, .. } => {
+            Stage::Ringing { offer, operator } => {
                 let outcome = match cause {
                     EndCause::Declined(status) if is_refusal(status) => {
                         OfferOutcome::Declined(status)
                     }
                     _ => OfferOutcome::Missed,
                 };
-                if cause != EndCause::Cancelled {
+                let end = match cause {
+                    EndCause::NoAnswer => Some(OfferEnd::RingTimeout),
+                    EndCause::Declined(status) if status.as_u16() == 603 => {
+                        Some(OfferEnd::Declined(status))
+                    }
+                    EndCause::Declined(status) if is_refusal(status) => {
+                        Some(OfferEnd::Busy(status))
+                    }
+                    EndCause::Declined(status) => Some(OfferEnd::Failed(status)),
+                    // Cancelled by us: another phone answered, the offer
+                    // was withdrawn (recorded there).
+                    _ => None,
+                };
+                if let Some(end) = end {
                     self.out
                         .push_back(CallOutput::Record(CallRecord::OfferEnded {
                             offer,
-                            outcome,
+                            operator,
+                            end,
                         }));
                 }
                 // A refusal from any device beats silence from the others.
@@ -795,6 +894,7 @@ impl Call {
             return;
         }
         self.held = hold;
+        let local = self.local_to_caller();
         if let Some(media) = &mut self.media {
             media.handle(
                 now,
@@ -805,11 +905,16 @@ impl Call {
                 },
             );
         }
-        self.out.push_back(CallOutput::Record(if hold {
+        let record = if hold {
+            self.held_at_local = local;
             CallRecord::Hold { by_phone }
         } else {
-            CallRecord::Unhold { by_phone }
-        }));
+            CallRecord::Unhold {
+                by_phone,
+                music_packets: local.saturating_sub(self.held_at_local),
+            }
+        };
+        self.out.push_back(CallOutput::Record(record));
     }
 
     /// RFC 3515 blind transfer from the phone: `202`, a NOTIFY with the
@@ -862,6 +967,13 @@ impl Call {
                 to: target.to_string(),
             }));
         self.out.push_back(CallOutput::Transfer { target });
+    }
+
+    /// Local packets (prompts, music) sent to the caller so far.
+    fn local_to_caller(&self) -> u64 {
+        self.media
+            .as_ref()
+            .map_or(0, |m| m.relay().stats(Leg::A).local_packets)
     }
 
     fn requeue(&mut self, now: Instant, status: QueueStatus) {
@@ -918,6 +1030,19 @@ impl Call {
             return;
         }
         self.ended = Some(cause);
+        if let Stage::Ringing { offer, operator } = self.stage {
+            let end = if cause == HangupCause::Caller {
+                OfferEnd::CallerLeft
+            } else {
+                OfferEnd::Withdrawn
+            };
+            self.out
+                .push_back(CallOutput::Record(CallRecord::OfferEnded {
+                    offer,
+                    operator,
+                    end,
+                }));
+        }
         self.stage = Stage::Ended;
         self.caller.hang_up();
         for fork in &mut self.phones {
@@ -928,8 +1053,17 @@ impl Call {
         }
         // The dialogs' BYEs go out before the end is reported.
         while self.step(now) {}
-        self.out
-            .push_back(CallOutput::Record(CallRecord::Hangup(cause)));
+        let (relayed_to_caller, relayed_to_operator) = self.media.as_ref().map_or((0, 0), |m| {
+            (
+                m.relay().stats(Leg::A).relayed_packets,
+                m.relay().stats(Leg::B).relayed_packets,
+            )
+        });
+        self.out.push_back(CallOutput::Record(CallRecord::Hangup {
+            cause,
+            relayed_to_caller,
+            relayed_to_operator,
+        }));
         self.out.push_back(CallOutput::Ended { cause });
     }
 }
