@@ -31,12 +31,12 @@
 //! once. Each mail has its own savepoint, so one bad mail never fails its
 //! neighbours.
 //!
-//! **Rate limit.** Over `per_sender_per_hour`, the message is refused with
-//! a temporary 451 *before* it is stored: the sender's server keeps it and
-//! retries later (RFC 5321 §4.2.5), which loses nothing and does not fill
-//! the store; accepting then dropping would lose mail we answered 250 to.
-//! The check can only happen after DATA because the SMTP crate's recipient
-//! hook does not see the sender.
+//! **Rate limit.** Over `per_sender_per_hour`, the transaction is refused
+//! at MAIL FROM with a temporary `451 4.7.1` (RFC 3463 §3.8, policy): the
+//! sender's server keeps the message and retries later (RFC 5321 §4.2.5),
+//! which loses nothing, costs neither side the message text, and does not
+//! fill the store; accepting then dropping would lose mail we answered 250
+//! to.
 //!
 //! **Outbox: at-least-once, duplicates recognisable.** A mail is claimed
 //! (`sending`, attempt recorded) and committed before the relay sees it,
@@ -63,7 +63,7 @@ use ccu_email::outbound::{
     relay_transport, retry_delay, subject_with_reference,
 };
 use ccu_email::smtp::{
-    AcceptedId, Envelope, MailSink, MailboxRoute, RecipientRouter, SinkError, SmtpConfig,
+    AcceptedId, Admission, Envelope, MailSink, MailboxRoute, RecipientRouter, SinkError, SmtpConfig,
 };
 use ccu_email::threading::{ReferenceToken, Thread, ThreadLookup, thread};
 use lettre::{AsyncSmtpTransport, Tokio1Executor};
@@ -88,11 +88,6 @@ pub enum EmailError {
     Store(#[from] StoreError),
     #[error("hub: {0}")]
     Hub(#[from] HubError),
-    #[error("sender {sender} is over its hourly limit; retry in {retry_after:?}")]
-    RateLimited {
-        sender: String,
-        retry_after: Duration,
-    },
     #[error("a transaction without recipients reached the sink")]
     NoRecipient,
     #[error("invalid recipient address {0:?}")]
@@ -287,16 +282,6 @@ impl EmailChannel {
             .map(|r| r.route.clone())
             .ok_or(EmailError::NoRecipient)?;
         let sender = envelope.mail_from.as_ref().map(|a| a.as_str().to_owned());
-        let key = sender
-            .as_deref()
-            .map(str::to_lowercase)
-            .unwrap_or_else(|| format!("<>@{}", envelope.peer.ip()));
-        if let Verdict::Limited { retry_after } = self.per_sender.check(&key, Instant::now()) {
-            return Err(EmailError::RateLimited {
-                sender: key,
-                retry_after,
-            });
-        }
         let (mail, raw) = self.parse(raw).await?;
         let noise = classify(&mail, sender.is_none(), Some(&self.loop_token));
         let recipients = serde_json::to_string(
@@ -1039,6 +1024,25 @@ impl RecipientRouter for EmailChannel {
             .get(&address.as_str().to_lowercase())
             .cloned()
     }
+
+    /// `email.per_sender_per_hour`, counted per transaction at MAIL FROM:
+    /// by the envelope sender, or by the client's address for the null
+    /// sender (bounces carry no address to count by).
+    fn admit_sender(&self, sender: Option<&EmailAddress>, peer: SocketAddr) -> Admission {
+        let key = sender
+            .map(|s| s.as_str().to_lowercase())
+            .unwrap_or_else(|| format!("<>@{}", peer.ip()));
+        match self.per_sender.check(&key, Instant::now()) {
+            Verdict::Allowed => Admission::Accept,
+            Verdict::Limited { retry_after } => {
+                tracing::info!(sender = %key, ?retry_after, "sender over its hourly limit; answered 451 4.7.1");
+                Admission::Defer(format!(
+                    "Too many messages from this sender, try again in {} minutes",
+                    retry_after.as_secs().div_ceil(60).max(1)
+                ))
+            }
+        }
+    }
 }
 
 impl MailSink for EmailChannel {
@@ -1126,6 +1130,9 @@ async fn run_writer(
         for (result, reply) in results.into_iter().zip(replies) {
             let result = result.map_err(EmailError::Store);
             if let Ok(w) = &result {
+                if !w.duplicate {
+                    metrics::counter!("ccu_email_inbound_stored_total").increment(1);
+                }
                 written.push(w.clone());
             }
             // The session may be gone (its client timed out): the mail is
@@ -1138,10 +1145,17 @@ async fn run_writer(
         // store if this is lost to a crash.
         tokio::spawn(async move {
             for w in written {
-                if let Some(conversation) = &w.queued
-                    && let Err(err) = hub.conversation_stored(conversation, w.reopened).await
-                {
-                    tracing::warn!(conversation = conversation.id, %err, "routing a mail's conversation failed; the router's rebuild recovers it");
+                if let Some(conversation) = &w.queued {
+                    match hub.conversation_stored(conversation, w.reopened).await {
+                        // The router has taken the conversation in (the
+                        // SMTP benchmark waits for this count).
+                        Ok(()) => {
+                            metrics::counter!("ccu_email_conversations_routed_total").increment(1)
+                        }
+                        Err(err) => {
+                            tracing::warn!(conversation = conversation.id, %err, "routing a mail's conversation failed; the router's rebuild recovers it")
+                        }
+                    }
                 }
                 if let (Some(conversation), Some(message)) = (w.conversation_id, w.message_id) {
                     hub.message_stored(conversation, message).await;

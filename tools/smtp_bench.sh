@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Sustained SMTP intake of the ccu server (issue 6): COUNT messages of SIZE
 # bytes over CONCURRENCY connections, each one stored raw (SQLite, WAL,
-# synchronous=FULL), parsed, turned into a conversation routed to the URP
-# queue, and acknowledged into the outbox before the 250. Runs RUNS times
-# on a fresh database and prints every rate and the median, in messages/s.
+# synchronous=FULL), parsed, turned into a conversation of the URP queue,
+# and acknowledged into the outbox before the 250; the clock stops when the
+# router has taken in every conversation (/metrics). Runs RUNS times on a
+# fresh database and prints every rate and the median, in messages/s.
 #
 #   tools/smtp_bench.sh                         # COUNT=2000 RUNS=5 SIZE=51200 CONCURRENCY=8
 #   PROFILE=debug COUNT=500 tools/smtp_bench.sh
@@ -64,8 +65,10 @@ for run in $(seq "$RUNS"); do
     sleep 0.1
   done
   [ -n "$port" ] || { echo "server did not start:" >&2; cat "$log" >&2; exit 1; }
+  http=$(grep -o '"http_addr":"[^"]*"' "$log" | head -1 | sed 's/.*:"\(.*\)"$/\1/')
+  # The clock stops when the router has every conversation, not at the last 250.
   rate=$(/usr/bin/python3 tools/smtp_bench.py --port "$port" --count "$COUNT" \
-         --concurrency "$CONCURRENCY" --size "$SIZE")
+         --concurrency "$CONCURRENCY" --size "$SIZE" --metrics "http://$http/metrics")
   stored=$(/usr/bin/python3 -c "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); print(c.execute('select count(*) from mail_inbound where conversation_id is not null').fetchone()[0])" "$scratch/ccu.db")
   sent=$(/usr/bin/python3 -c "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); print(c.execute(\"select count(*) from mail_outbox where state = 'sent'\").fetchone()[0])" "$scratch/ccu.db")
   kill "$server"; wait "$server" 2>/dev/null || true

@@ -12,6 +12,7 @@ pub mod conversations;
 pub mod error;
 pub mod health;
 pub mod json;
+pub mod mail;
 pub mod operators;
 pub mod queues;
 pub mod requests;
@@ -54,6 +55,7 @@ use error::ApiError;
         (name = "queues", description = "Queues from the configuration"),
         (name = "operators", description = "Colleagues and their live presence, for transfers"),
         (name = "conversations", description = "Conversations on every channel, scoped by organization"),
+        (name = "mail", description = "The e-mail behind conversations: original messages, attachments, noise"),
         (name = "health", description = "Probes and metrics"),
     )
 )]
@@ -86,6 +88,7 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .merge(queues::router())
         .merge(operators::router())
         .merge(conversations::router())
+        .merge(mail::router())
         .merge(requests::router())
         .merge(sip::router())
 }

@@ -6,10 +6,10 @@
 use serde::Serialize;
 use sqlx::FromRow;
 
+use super::{Arg, Db, Result, Scope, Store, StoreError};
 use super::{
     CONVERSATION_COLUMNS, Conversation, ConversationRow, ConversationState, NewConversation,
 };
-use super::{Db, Result, Store, StoreError};
 
 const INSERT_INBOUND: &str = "INSERT INTO mail_inbound (envelope_id, mail_from, recipients, mailbox, queue_id, helo, peer, tls, \
      message_id, from_address, from_name, subject, noise, malformed, size, raw, received_at) \
@@ -216,6 +216,8 @@ pub struct InboundMailRow {
     pub mail_from: String,
     pub mailbox: String,
     pub queue_id: String,
+    /// Received over TLS (STARTTLS on our door, or an IMAP poll over TLS).
+    pub tls: bool,
     pub message_id: Option<String>,
     pub from_address: Option<String>,
     pub subject: String,
@@ -229,7 +231,7 @@ pub struct InboundMailRow {
     pub processed_at: Option<i64>,
 }
 
-const INBOUND_COLUMNS: &str = "id, envelope_id, mail_from, mailbox, queue_id, message_id, from_address, subject, \
+const INBOUND_COLUMNS: &str = "id, envelope_id, mail_from, mailbox, queue_id, tls, message_id, from_address, subject, \
      noise, malformed, size, raw, conversation_id, received_at, processed_at";
 
 /// What kind of mail the outbox holds (reports count them apart).
@@ -473,6 +475,63 @@ impl InboundWritten {
     }
 }
 
+/// An inbound mail as the console lists it: the envelope and headers ccu
+/// kept, why it is noise (never answered automatically), and its
+/// attachments. The raw message is downloaded separately.
+#[derive(Debug, Clone, PartialEq, Eq, FromRow, Serialize, utoipa::ToSchema)]
+pub struct InboundMailSummary {
+    pub id: i64,
+    pub conversation_id: Option<i64>,
+    pub queue_id: String,
+    /// The mailbox it was sent to (one of `email.mailboxes`).
+    pub mailbox: String,
+    /// The envelope sender; `""` for the null reverse-path (a bounce).
+    pub mail_from: String,
+    pub from_address: Option<String>,
+    pub from_name: Option<String>,
+    pub subject: String,
+    pub message_id: Option<String>,
+    /// Why it is stored but never answered (RFC 3834): `null_sender`,
+    /// `bounce`, `report`, `auto_submitted`, `auto_reply_header`,
+    /// `precedence`, `mailing_list`, `own_loop`; absent for a person's mail.
+    pub noise: Option<String>,
+    /// Part of the MIME structure could not be read.
+    pub malformed: bool,
+    pub tls: bool,
+    /// Bytes of the raw message.
+    pub size: i64,
+    pub received_at: i64,
+    #[sqlx(skip)]
+    pub attachments: Vec<AttachmentInfo>,
+}
+
+/// An attachment of an inbound mail, without its bytes.
+#[derive(Debug, Clone, PartialEq, Eq, FromRow, Serialize, utoipa::ToSchema)]
+pub struct AttachmentInfo {
+    pub id: i64,
+    #[serde(skip)]
+    pub inbound_id: i64,
+    /// A bare file name (no directories, no control characters).
+    pub filename: String,
+    /// As the sender declared it, lower case.
+    pub content_type: String,
+    pub size: i64,
+}
+
+/// An attachment with its bytes, for download.
+#[derive(Debug, Clone, FromRow)]
+pub struct AttachmentFile {
+    pub id: i64,
+    pub inbound_id: i64,
+    pub conversation_id: Option<i64>,
+    pub filename: String,
+    pub content_type: String,
+    pub bytes: Vec<u8>,
+}
+
+const SUMMARY_COLUMNS: &str = "m.id, m.conversation_id, m.queue_id, m.mailbox, m.mail_from, m.from_address, \
+     m.from_name, m.subject, m.message_id, m.noise, m.malformed, m.tls, m.size, m.received_at";
+
 impl Store {
     // ---- inbound ----
 
@@ -572,9 +631,13 @@ impl Store {
                                 .bind(conversation_id).bind(&client_id).fetch_optional(&mut *tx).await?,
                         };
                         if opened && let Some(draft) = &job.acknowledgement {
-                            let reference: String = sqlx::query_scalar(
-                                "SELECT reference FROM conversations WHERE id = $1")
-                                .bind(conversation_id).fetch_one(&mut *tx).await?;
+                            // Known when this mail created the conversation.
+                            let reference: String = match written.queued.as_ref().filter(|c| c.id == conversation_id) {
+                                Some(created) => created.reference.clone(),
+                                None => sqlx::query_scalar(
+                                    "SELECT reference FROM conversations WHERE id = $1")
+                                    .bind(conversation_id).fetch_one(&mut *tx).await?,
+                            };
                             let token = ccu_email::threading::ReferenceToken::parse(&reference);
                             let ack = NewOutboxMail {
                                 conversation_id: Some(conversation_id),
@@ -593,8 +656,11 @@ impl Store {
                     }
                     // Replaced, not added to: processing again after a crash
                     // stores them once.
-                    sqlx::query("DELETE FROM mail_attachments WHERE inbound_id = $1")
-                        .bind(stored.id).execute(&mut *tx).await?;
+                    // (A row inserted just now has none: one statement less.)
+                    if stored.duplicate {
+                        sqlx::query("DELETE FROM mail_attachments WHERE inbound_id = $1")
+                            .bind(stored.id).execute(&mut *tx).await?;
+                    }
                     for a in &job.attachments {
                         let size = i64::try_from(a.size).unwrap_or(i64::MAX);
                         sqlx::query("INSERT INTO mail_attachments (inbound_id, conversation_id, filename, \
@@ -689,6 +755,128 @@ impl Store {
         let sql = "SELECT filename, content_type, size FROM mail_attachments WHERE conversation_id = $1 ORDER BY id";
         let rows = with_pool!(self, pool => sqlx::query_as(sql).bind(conversation_id).fetch_all(pool).await?);
         Ok(rows)
+    }
+
+    /// Whether `scope` may see conversation `id`.
+    pub async fn conversation_visible(&self, scope: &Scope, id: i64) -> Result<bool> {
+        let mut args = vec![Arg::Int(id)];
+        let filter = scope.filter("organization_id", Some("operator_id"), &mut args);
+        let sql = format!("SELECT id FROM conversations WHERE id = $1{filter}");
+        let found: Option<i64> = with_pool!(self, pool =>
+            bind_all!(sqlx::query_scalar(sqlx::AssertSqlSafe(sql)), &args).fetch_optional(pool).await?);
+        Ok(found.is_some())
+    }
+
+    /// The inbound mail of one conversation, oldest first, with their
+    /// attachments. The caller has checked the conversation's scope.
+    pub async fn mail_summaries_for_conversation(
+        &self,
+        conversation_id: i64,
+    ) -> Result<Vec<InboundMailSummary>> {
+        let sql = format!(
+            "SELECT {SUMMARY_COLUMNS} FROM mail_inbound m WHERE m.conversation_id = $1 ORDER BY m.id"
+        );
+        let mails = with_pool!(self, pool =>
+            sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(conversation_id).fetch_all(pool).await?);
+        self.with_attachments(mails).await
+    }
+
+    /// Noise mail (auto-replies, bounces, list mail: stored, never
+    /// answered) that `scope` may see through its queue's organization,
+    /// newest first; `before_id` pages. Noise that threads into a
+    /// conversation is listed too, with its `conversation_id`.
+    pub async fn noise_mail(
+        &self,
+        scope: &Scope,
+        before_id: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<InboundMailSummary>> {
+        let mut args = Vec::new();
+        let mut sql = format!(
+            "SELECT {SUMMARY_COLUMNS} FROM mail_inbound m JOIN queues q ON q.id = m.queue_id \
+             WHERE m.noise IS NOT NULL"
+        );
+        sql.push_str(&scope.filter("q.organization_id", None, &mut args));
+        if let Some(before) = before_id {
+            args.push(Arg::Int(before));
+            sql.push_str(&format!(" AND m.id < ${}", args.len()));
+        }
+        sql.push_str(&format!(
+            " ORDER BY m.id DESC LIMIT {}",
+            limit.clamp(1, 200)
+        ));
+        let mails = with_pool!(self, pool =>
+            bind_all!(sqlx::query_as(sqlx::AssertSqlSafe(sql)), &args).fetch_all(pool).await?);
+        self.with_attachments(mails).await
+    }
+
+    /// One inbound mail that `scope` may see: through its conversation
+    /// (organization, or assigned to the operator), or through its queue's
+    /// organization. `None` when it does not exist or is out of scope.
+    pub async fn visible_mail(&self, scope: &Scope, id: i64) -> Result<Option<InboundMailSummary>> {
+        let mut args = vec![Arg::Int(id)];
+        let by_conversation = scope.filter("c.organization_id", Some("c.operator_id"), &mut args);
+        let by_queue = scope.filter("q.organization_id", None, &mut args);
+        // Each filter is " AND (...)" or empty for Scope::All.
+        let visible = if by_conversation.is_empty() {
+            String::new()
+        } else {
+            format!(" AND ((c.id IS NOT NULL{by_conversation}) OR (c.id IS NULL{by_queue}))")
+        };
+        let sql = format!(
+            "SELECT {SUMMARY_COLUMNS} FROM mail_inbound m JOIN queues q ON q.id = m.queue_id \
+             LEFT JOIN conversations c ON c.id = m.conversation_id WHERE m.id = $1{visible}"
+        );
+        let mail: Option<InboundMailSummary> = with_pool!(self, pool =>
+            bind_all!(sqlx::query_as(sqlx::AssertSqlSafe(sql)), &args).fetch_optional(pool).await?);
+        Ok(self
+            .with_attachments(mail.into_iter().collect())
+            .await?
+            .pop())
+    }
+
+    async fn with_attachments(
+        &self,
+        mut mails: Vec<InboundMailSummary>,
+    ) -> Result<Vec<InboundMailSummary>> {
+        if mails.is_empty() {
+            return Ok(mails);
+        }
+        let sql = format!(
+            "SELECT id, inbound_id, filename, content_type, size FROM mail_attachments \
+             WHERE inbound_id IN ({}) ORDER BY id",
+            placeholders(mails.len())
+        );
+        let files: Vec<AttachmentInfo> = with_pool!(self, pool => {
+            let mut query = sqlx::query_as(sqlx::AssertSqlSafe(sql));
+            for mail in &mails {
+                query = query.bind(mail.id);
+            }
+            query.fetch_all(pool).await?
+        });
+        for file in files {
+            if let Some(mail) = mails.iter_mut().find(|m| m.id == file.inbound_id) {
+                mail.attachments.push(file);
+            }
+        }
+        Ok(mails)
+    }
+
+    /// The raw message as received (with our `Received:` header).
+    pub async fn inbound_raw(&self, id: i64) -> Result<Option<Vec<u8>>> {
+        let raw = with_pool!(self, pool =>
+            sqlx::query_scalar("SELECT raw FROM mail_inbound WHERE id = $1").bind(id)
+                .fetch_optional(pool).await?);
+        Ok(raw)
+    }
+
+    /// One attachment with its bytes.
+    pub async fn attachment(&self, id: i64) -> Result<Option<AttachmentFile>> {
+        let sql = "SELECT id, inbound_id, conversation_id, filename, content_type, bytes \
+                   FROM mail_attachments WHERE id = $1";
+        let file =
+            with_pool!(self, pool => sqlx::query_as(sql).bind(id).fetch_optional(pool).await?);
+        Ok(file)
     }
 
     // ---- threading ----

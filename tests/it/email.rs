@@ -359,7 +359,7 @@ async fn unknown_recipients_get_550_and_oversize_mail_552() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_sender_over_its_hourly_limit_gets_a_temporary_refusal_and_nothing_is_stored() {
+async fn a_sender_over_its_hourly_limit_gets_451_4_7_1_at_mail_from_and_nothing_is_stored() {
     let app = spawn_mail_app(None, &[("email.per_sender_per_hour", json!(2))]).await;
     send(app.smtp_addr, URP, "limite-1@esempio.it", "uno", &[]).await;
     send(app.smtp_addr, URP, "limite-2@esempio.it", "due", &[]).await;
@@ -376,7 +376,21 @@ async fn a_sender_over_its_hourly_limit_gets_a_temporary_refusal_and_nothing_is_
     )
     .await;
     assert!(!ok);
-    assert!(transcript.contains("<** 451 4.3.0"), "{transcript}");
+    // Refused at MAIL FROM with a temporary policy code (RFC 3463 4.7.1),
+    // so the sender's server keeps the message and retries; swaks never
+    // reached RCPT or DATA.
+    let mail_from = transcript
+        .find(&format!(" -> MAIL FROM:<{CITIZEN}>"))
+        .unwrap_or_else(|| panic!("{transcript}"));
+    assert!(
+        transcript[mail_from..]
+            .lines()
+            .nth(1)
+            .is_some_and(|l| l.contains("<** 451 4.7.1")),
+        "{transcript}"
+    );
+    assert!(!transcript.contains("-> RCPT TO"), "{transcript}");
+    assert!(!transcript.contains("-> DATA"), "{transcript}");
     assert!(
         app.store()
             .inbound_mail_by_message_id("limite-3@esempio.it")
@@ -387,6 +401,14 @@ async fn a_sender_over_its_hourly_limit_gets_a_temporary_refusal_and_nothing_is_
     // Another sender is not affected.
     let (ok, transcript) = swaks(app.smtp_addr, &["--from", "altra@esempio.it", "--to", URP]).await;
     assert!(ok, "{transcript}");
+    // Bounces (null sender) are counted by the client's address.
+    for n in 0..3 {
+        let (ok, transcript) = swaks(app.smtp_addr, &["--from", "<>", "--to", URP]).await;
+        assert_eq!(ok, n < 2, "{n}: {transcript}");
+        if n == 2 {
+            assert!(transcript.contains("<** 451 4.7.1"), "{transcript}");
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1135,6 +1157,9 @@ async fn a_citizen_writing_again_to_a_closed_conversation_is_queued_again() {
 struct Dovecot {
     _child: tokio::process::Child,
     port: u16,
+    /// With [`Dovecot::start_tls`]: the implicit-TLS listener (993-style)
+    /// and the PEM of the test CA that signed the server's certificate.
+    tls: Option<(u16, std::path::PathBuf)>,
     maildir: std::path::PathBuf,
     owner: Option<(u32, u32)>,
     _dir: tempfile::TempDir,
@@ -1142,9 +1167,33 @@ struct Dovecot {
 
 impl Dovecot {
     async fn start() -> Dovecot {
+        Self::start_with(false).await
+    }
+
+    /// Dovecot with `ssl = yes`: STARTTLS on the plain port and implicit
+    /// TLS on a second one, with a certificate for 127.0.0.1 signed by a
+    /// CA made for this test only (so the client's public roots do not
+    /// trust it).
+    async fn start_tls() -> Dovecot {
+        Self::start_with(true).await
+    }
+
+    async fn start_with(tls: bool) -> Dovecot {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
+        let (ssl, imaps_port, tls_files) = if tls {
+            let ca = test_ca_and_certificate(root);
+            let port = free_port().port();
+            let r = root.display();
+            (
+                format!("ssl = yes\nssl_cert = <{r}/cert.pem\nssl_key = <{r}/key.pem\n"),
+                port,
+                Some((port, ca)),
+            )
+        } else {
+            ("ssl = no\n".to_owned(), 0, None)
+        };
         let id = |flag: &str| {
             let out = std::process::Command::new("id").arg(flag).output().unwrap();
             String::from_utf8_lossy(&out.stdout).trim().to_owned()
@@ -1191,14 +1240,14 @@ impl Dovecot {
             &conf,
             format!(
                 "protocols = imap\nlisten = 127.0.0.1\nbase_dir = {r}/run\nstate_dir = {r}/state\n\
-                 instance_name = ccu-test-{port}\nlog_path = {r}/dovecot.log\nssl = no\n\
+                 instance_name = ccu-test-{port}\nlog_path = {r}/dovecot.log\n{ssl}\
                  disable_plaintext_auth = no\nauth_mechanisms = plain login\n\
                  mail_location = maildir:~/Maildir\nfirst_valid_uid = 0\n\
                  default_internal_user = {internal}\ndefault_internal_group = {group}\n\
                  default_login_user = {login}\n\
                  passdb {{\n  driver = passwd-file\n  args = {r}/passwd\n}}\n\
                  userdb {{\n  driver = passwd-file\n  args = {r}/passwd\n}}\n\
-                 service imap-login {{\n  chroot =\n  inet_listener imap {{\n    address = 127.0.0.1\n    port = {port}\n  }}\n  inet_listener imaps {{\n    port = 0\n  }}\n}}\n\
+                 service imap-login {{\n  chroot =\n  inet_listener imap {{\n    address = 127.0.0.1\n    port = {port}\n  }}\n  inet_listener imaps {{\n    address = 127.0.0.1\n    port = {imaps_port}\n  }}\n}}\n\
                  service anvil {{\n  chroot =\n}}\n"
             ),
         )
@@ -1223,18 +1272,21 @@ impl Dovecot {
                 panic!("cannot run dovecot ({e}): install the Debian package `dovecot-imapd`")
             }),
             port,
+            tls: tls_files,
             maildir,
             owner,
             _dir: dir,
         };
         server.chown(&home);
-        wait_for("dovecot to listen", || async {
-            tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .ok()
-                .map(|_| ())
-        })
-        .await;
+        for port in std::iter::once(port).chain(server.tls.as_ref().map(|(p, _)| *p)) {
+            wait_for("dovecot to listen", || async {
+                tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .ok()
+                    .map(|_| ())
+            })
+            .await;
+        }
         server
     }
 
@@ -1291,6 +1343,89 @@ impl Dovecot {
         }
         vec![("email.imap", imap)]
     }
+
+    /// `[email.imap]` over TLS: `implicit` on the imaps port or `starttls`
+    /// on the plain one; `trust` names the test CA in `ca_file`.
+    fn tls_settings(&self, mode: &str, trust: bool) -> Vec<(&'static str, Value)> {
+        let (imaps, ca) = self.tls.as_ref().expect("started with start_tls");
+        let mut imap = json!({
+            "host": "127.0.0.1", "tls": mode, "username": "citta",
+            "password": "segreta-imap", "address": TRIBUTI, "poll_interval_seconds": 3600,
+            "timeout_seconds": 10,
+            "port": if mode == "implicit" { *imaps } else { self.port },
+        });
+        if trust {
+            imap["ca_file"] = json!(ca);
+        }
+        vec![("email.imap", imap)]
+    }
+}
+
+/// Runs openssl (Debian `openssl`), failing with the package to install.
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run openssl ({e}): install the Debian package `openssl`")
+        });
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A throwaway CA (`ca.pem`) and a server certificate for 127.0.0.1 and
+/// localhost signed by it (`cert.pem`, `key.pem`) in `dir`; returns the
+/// CA's path. The leaf is a proper end-entity certificate (CA:FALSE,
+/// serverAuth): webpki refuses a CA certificate presented as the server's.
+fn test_ca_and_certificate(dir: &Path) -> std::path::PathBuf {
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut ca = vec!["req", "-x509", "-days", "1", "-subj", "/CN=ccu test CA"];
+    ca.extend(ec);
+    ca.extend(["-keyout", "ca.key", "-out", "ca.pem"]);
+    openssl(dir, &ca);
+    let mut csr = vec!["req", "-new", "-subj", "/CN=localhost"];
+    csr.extend(ec);
+    csr.extend(["-keyout", "key.pem", "-out", "server.csr"]);
+    openssl(dir, &csr);
+    std::fs::write(
+        dir.join("server.ext"),
+        "basicConstraints = CA:FALSE\nkeyUsage = digitalSignature\n\
+         extendedKeyUsage = serverAuth\nsubjectAltName = IP:127.0.0.1, DNS:localhost\n",
+    )
+    .unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            "server.ext",
+            "-out",
+            "cert.pem",
+        ],
+    );
+    // Dovecot reads the key as root before it drops privileges; the test
+    // user (or root) owns it.
+    dir.join("ca.pem")
 }
 
 fn walk(path: &Path) -> Vec<std::path::PathBuf> {
@@ -1357,6 +1492,75 @@ async fn mail_polled_over_imap_becomes_a_conversation_and_is_flagged_only_after_
             .len(),
         1
     );
+}
+
+/// Polls once with `settings` and returns what the poll did (the poller
+/// the server starts may have run first: then it reports a duplicate).
+async fn poll_with(
+    settings: Vec<(&'static str, Value)>,
+) -> (
+    TestApp,
+    Result<ccu::email::ImapPoll, ccu::email::EmailError>,
+) {
+    let app = spawn_mail_app(None, &settings).await;
+    let channel = EmailChannel::new(&app.state).unwrap();
+    let poll = channel.poll_imap().await;
+    (app, poll)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mail_polled_over_implicit_tls_and_over_starttls_is_stored_when_the_ca_is_trusted() {
+    let dovecot = Dovecot::start_tls().await;
+    for (n, mode) in ["implicit", "starttls"].iter().enumerate() {
+        let message_id = format!("imap-tls-{mode}@esempio.it");
+        dovecot.deliver(
+            &format!("{n}.eml"),
+            &IMAP_MAIL.replace("imap-1@esempio.it", &message_id),
+        );
+        let (app, poll) = poll_with(dovecot.tls_settings(mode, true)).await;
+        let poll = poll.unwrap_or_else(|e| panic!("{mode}: {e}"));
+        // This poll or the one the server ran at start took it.
+        assert!(poll.fetched <= 1, "{mode}: {poll:?}");
+        let mail = wait_for("the mail polled over TLS", || async {
+            app.store()
+                .inbound_mail_by_message_id(&message_id)
+                .await
+                .unwrap()
+                .pop()
+        })
+        .await;
+        assert!(mail.conversation_id.is_some(), "{mode}");
+        assert!(mail.tls, "{mode}: the mail is recorded as fetched over TLS");
+    }
+    wait_for("both messages flagged \\Seen", || async {
+        (dovecot.inbox_flags() == ["S", "S"]).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_imap_server_whose_certificate_is_from_an_unknown_ca_is_refused_and_nothing_is_fetched()
+{
+    let dovecot = Dovecot::start_tls().await;
+    dovecot.deliver("1.eml", IMAP_MAIL);
+    for mode in ["implicit", "starttls"] {
+        let (app, poll) = poll_with(dovecot.tls_settings(mode, false)).await;
+        let err = poll.expect_err(mode).to_string();
+        assert!(
+            err.contains("TLS") && err.to_lowercase().contains("issuer"),
+            "{mode}: {err}"
+        );
+        assert!(
+            app.store()
+                .inbound_mail_by_message_id("imap-1@esempio.it")
+                .await
+                .unwrap()
+                .is_empty(),
+            "{mode}"
+        );
+    }
+    // The password never went out and the message is still unseen.
+    assert_eq!(dovecot.inbox_flags(), [""]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1460,4 +1664,192 @@ fn email_settings_are_validated_and_errors_name_the_key() {
     let mut relay = settings.email.relay.clone();
     relay.password = Some("segretissima".into());
     assert!(!format!("{relay:?}").contains("segretissima"));
+}
+
+// ---- the console's view of the mail: originals, attachments, noise ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_download_the_original_and_attachments_as_files_and_noise_is_listed_in_scope() {
+    let app = spawn_mail_app(None, &[]).await;
+    let (ok, transcript) = swaks(
+        app.smtp_addr,
+        &[
+            "--from",
+            "mario@esempio.it",
+            "--to",
+            URP,
+            "--data",
+            repo_path("channels/email/tests/data/multipart_attachment.eml")
+                .to_str()
+                .unwrap(),
+        ],
+    )
+    .await;
+    assert!(ok, "{transcript}");
+    send(
+        app.smtp_addr,
+        URP,
+        "ferie-api@esempio.it",
+        "Fuori ufficio",
+        &["--add-header", "Auto-Submitted: auto-replied"],
+    )
+    .await;
+    let mail = inbound(app.store(), "multi@esempio.it").await;
+    let conversation_id = mail.conversation_id.unwrap();
+    let (_, operator) = app.user("op.posta", "operator", "comune").await;
+    let (_, water_operator) = app.user("op.acque", "operator", "acque").await;
+    let (_, supervisor) = app.user("sup.posta", "supervisor", "comune").await;
+    let (_, water_supervisor) = app.user("sup.acque", "supervisor", "acque").await;
+
+    // The conversation's mail, with its attachments (not their bytes).
+    let response = app
+        .get(
+            &format!("/api/v1/conversations/{conversation_id}/mail"),
+            &operator,
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    let list: Value = response.json().await.unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(list[0]["id"], mail.id);
+    assert_eq!(list[0]["noise"], Value::Null);
+    let files = list[0]["attachments"].as_array().unwrap();
+    let names: Vec<&str> = files
+        .iter()
+        .map(|f| f["filename"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["verbale.pdf", "foto.png"]);
+
+    // The original .eml: a download, byte for byte what was stored.
+    let response = app
+        .get(&format!("/api/v1/mail/{}/raw", mail.id), &operator)
+        .await;
+    assert_eq!(response.status(), 200);
+    let headers = response.headers().clone();
+    assert_eq!(headers["content-type"], "message/rfc822");
+    assert!(
+        headers["content-disposition"]
+            .to_str()
+            .unwrap()
+            .starts_with(&format!("attachment; filename=\"mail-{}.eml\"", mail.id)),
+        "{headers:?}"
+    );
+    assert_eq!(headers["x-content-type-options"], "nosniff");
+    assert_eq!(
+        response.bytes().await.unwrap().as_ref(),
+        mail.raw.as_slice()
+    );
+
+    // The HTML original, script and all, only ever as a download.
+    let response = app
+        .get(&format!("/api/v1/mail/{}/html", mail.id), &operator)
+        .await;
+    assert_eq!(response.status(), 200);
+    let headers = response.headers().clone();
+    assert!(
+        headers["content-disposition"]
+            .to_str()
+            .unwrap()
+            .starts_with("attachment;")
+    );
+    assert_eq!(headers["x-content-type-options"], "nosniff");
+    assert_eq!(headers["content-security-policy"], "sandbox");
+    assert!(
+        response
+            .text()
+            .await
+            .unwrap()
+            .contains("<script>steal()</script>")
+    );
+
+    // An attachment, decoded, with its safe name.
+    let pdf = files[0]["id"].as_i64().unwrap();
+    let response = app
+        .get(
+            &format!("/api/v1/mail/{}/attachments/{pdf}", mail.id),
+            &operator,
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "application/pdf");
+    assert!(
+        response.headers()["content-disposition"]
+            .to_str()
+            .unwrap()
+            .starts_with("attachment; filename=\"verbale.pdf\"")
+    );
+    assert!(response.bytes().await.unwrap().starts_with(b"%PDF-1.4"));
+
+    // Another organization's operator: nothing exists for them.
+    for path in [
+        format!("/api/v1/conversations/{conversation_id}/mail"),
+        format!("/api/v1/mail/{}", mail.id),
+        format!("/api/v1/mail/{}/raw", mail.id),
+        format!("/api/v1/mail/{}/html", mail.id),
+        format!("/api/v1/mail/{}/attachments/{pdf}", mail.id),
+    ] {
+        assert_eq!(
+            app.get(&path, &water_operator).await.status(),
+            404,
+            "{path}"
+        );
+    }
+    // An attachment id under another mail's id is not found either.
+    let plain = inbound(app.store(), "ferie-api@esempio.it").await;
+    assert_eq!(
+        app.get(
+            &format!("/api/v1/mail/{}/attachments/{pdf}", plain.id),
+            &operator
+        )
+        .await
+        .status(),
+        404
+    );
+
+    // Noise: stored, never answered, listed for supervisors of its queue's
+    // organization; operators may not list it.
+    assert_eq!(app.get("/api/v1/mail/noise", &operator).await.status(), 403);
+    let page: Value = app
+        .get("/api/v1/mail/noise", &supervisor)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let items = page["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{page}");
+    assert_eq!(items[0]["message_id"], "ferie-api@esempio.it");
+    assert_eq!(items[0]["noise"], "auto_submitted");
+    assert_eq!(items[0]["conversation_id"], Value::Null);
+    let page: Value = app
+        .get("/api/v1/mail/noise", &water_supervisor)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["items"], json!([]));
+    // The noise's original, for the supervisor who looks into it.
+    let response = app
+        .get(&format!("/api/v1/mail/{}/raw", plain.id), &supervisor)
+        .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        app.get(&format!("/api/v1/mail/{}/raw", plain.id), &water_supervisor)
+            .await
+            .status(),
+        404
+    );
+
+    // In the OpenAPI document, with their security.
+    // (The document /api/openapi.json serves.)
+    let doc = serde_json::to_value(ccu::api::openapi()).unwrap();
+    for path in [
+        "/api/v1/conversations/{id}/mail",
+        "/api/v1/mail/noise",
+        "/api/v1/mail/{id}",
+        "/api/v1/mail/{id}/raw",
+        "/api/v1/mail/{id}/html",
+        "/api/v1/mail/{id}/attachments/{attachment}",
+    ] {
+        assert!(doc["paths"][path]["get"]["security"].is_array(), "{path}");
+    }
 }

@@ -144,7 +144,11 @@ pub fn parse_inbound(raw: &[u8], limits: &ParseLimits) -> InboundMail {
     let Some(message) = MessageParser::default().parse(raw) else {
         mail.malformed = true;
         mail.warnings.push(ParseWarning::Unparseable);
-        mail.text = truncate(&String::from_utf8_lossy(raw), limits, &mut mail.warnings);
+        mail.text = truncate(
+            String::from_utf8_lossy(raw).into_owned(),
+            limits,
+            &mut mail.warnings,
+        );
         return mail;
     };
     if message.headers().is_empty() {
@@ -189,7 +193,7 @@ pub fn parse_inbound(raw: &[u8], limits: &ParseLimits) -> InboundMail {
         }
         text.push_str(&piece);
     }
-    mail.text = truncate(&clean_text(&text), limits, &mut mail.warnings);
+    mail.text = truncate(clean_text(&text), limits, &mut mail.warnings);
     mail.original_html = message.html_bodies().find_map(|part| match &part.body {
         PartType::Html(h) => Some(h.to_string()),
         _ => None,
@@ -369,18 +373,34 @@ fn clean_line(s: &str) -> String {
 
 /// Body text: CRLF → LF, and no control characters but tab and newline.
 fn clean_text(s: &str) -> String {
-    s.replace("\r\n", "\n")
-        .chars()
-        .filter(|&c| c == '\n' || c == '\t' || !c.is_control())
-        .collect()
+    let keep = |c: char| c == '\n' || c == '\t' || !c.is_control();
+    let text = s.replace("\r\n", "\n");
+    // Control characters are ASCII below 0x20, DEL, and C1 (U+0080..U+009F,
+    // which UTF-8 starts with 0xC2). Text without those bytes needs no
+    // character-by-character rebuild, which was 5% of the server's CPU
+    // under the SMTP benchmark.
+    let suspect = text
+        .bytes()
+        .any(|b| (b < 0x20 && b != b'\n' && b != b'\t') || b == 0x7f || b == 0xc2);
+    if suspect {
+        text.chars().filter(|&c| keep(c)).collect()
+    } else {
+        text
+    }
 }
 
-fn truncate(s: &str, limits: &ParseLimits, warnings: &mut Vec<ParseWarning>) -> String {
+fn truncate(s: String, limits: &ParseLimits, warnings: &mut Vec<ParseWarning>) -> String {
+    // A string has at least as many bytes as characters.
+    if s.len() <= limits.max_text_chars {
+        return s;
+    }
     match s.char_indices().nth(limits.max_text_chars) {
         Some((at, _)) => {
             warnings.push(ParseWarning::TextTruncated);
-            s[..at].to_owned()
+            let mut s = s;
+            s.truncate(at);
+            s
         }
-        None => s.to_owned(),
+        None => s,
     }
 }

@@ -58,6 +58,14 @@ impl DataReader {
         }
     }
 
+    /// Bytes inside a line that cannot end it (no CR among them), kept in
+    /// one copy up to the limit.
+    fn push_run(&mut self, run: &[u8]) {
+        self.size = self.size.saturating_add(run.len());
+        let room = self.limit.saturating_sub(self.message.len());
+        self.message.extend_from_slice(&run[..run.len().min(room)]);
+    }
+
     /// Whether the text grew past the limit (what was past it is dropped).
     pub(crate) fn oversize(&self) -> bool {
         self.size > self.limit
@@ -68,7 +76,24 @@ impl DataReader {
     }
 
     pub(crate) fn feed(&mut self, input: &[u8]) -> Fed {
-        for (i, &b) in input.iter().enumerate() {
+        let mut i = 0;
+        while i < input.len() {
+            if self.state == State::Body {
+                // The fast path, where almost every byte of a message goes:
+                // inside a line only a CR can change the state, so the run
+                // up to the next CR is copied at once instead of byte by
+                // byte (the benchmark's 50 KB mails spent 6% of the
+                // server's CPU here before).
+                let rest = &input[i..];
+                let run = rest.iter().position(|&b| b == b'\r').unwrap_or(rest.len());
+                self.push_run(&rest[..run]);
+                i += run;
+                if i == input.len() {
+                    break;
+                }
+            }
+            let b = input[i];
+            i += 1;
             self.state = match (self.state, b) {
                 (State::LineStart, b'.') => State::Dot,
                 (State::Dot, b'\r') => State::DotCr,
@@ -78,7 +103,7 @@ impl DataReader {
                     // its line end: RFC 5321 §4.1.1.4 counts that CRLF as part
                     // of the terminator and of the text alike. We keep it.
                     self.state = State::LineStart;
-                    return Fed::Done(i + 1);
+                    return Fed::Done(i);
                 }
                 // ".\rX": the leading dot was stuffing; the CR is text.
                 (State::DotCr, _) => {
@@ -164,6 +189,23 @@ mod tests {
         let (msg, end) = read_all(&[b".\rx\r\n.\r\n"]);
         assert_eq!(msg, b"\rx\r\n");
         assert_eq!(end, Some(8));
+    }
+
+    #[test]
+    fn every_split_of_the_input_reads_the_same_message() {
+        let input: &[u8] = b"Subject: x\r\n\r\n..a\rb\r\n.\rc\nd\r\n\r\n.\r\nQUIT\r\n";
+        let (whole, end) = read_all(&[input]);
+        assert_eq!(whole, b"Subject: x\r\n\r\n.a\rb\r\n\rc\nd\r\n\r\n");
+        let end = end.unwrap();
+        for cut in 1..end {
+            let mut r = DataReader::new(1 << 20);
+            assert_eq!(r.feed(&input[..cut]), Fed::NeedMore, "cut at {cut}");
+            assert_eq!(r.feed(&input[cut..]), Fed::Done(end - cut), "cut at {cut}");
+            assert_eq!(r.into_message(), whole, "cut at {cut}");
+        }
+        // And byte by byte.
+        let chunks: Vec<&[u8]> = input[..end].chunks(1).collect();
+        assert_eq!(read_all(&chunks).0, whole);
     }
 
     #[test]

@@ -106,6 +106,26 @@ pub struct MailboxRoute {
 /// the door is never an open relay.
 pub trait RecipientRouter: Send + Sync {
     fn route_recipient(&self, address: &EmailAddress) -> Option<MailboxRoute>;
+
+    /// The sender check at `MAIL FROM` (per-sender and per-address rate
+    /// limits). Refusing here, before any text is sent, costs the sender
+    /// one line and us nothing; refusing after DATA would cost both the
+    /// whole message. `sender` is `None` for the null reverse-path. The
+    /// default admits everyone.
+    fn admit_sender(&self, sender: Option<&EmailAddress>, peer: SocketAddr) -> Admission {
+        let _ = (sender, peer);
+        Admission::Accept
+    }
+}
+
+/// The answer of [`RecipientRouter::admit_sender`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    Accept,
+    /// Not now: `451 4.7.1` with this text. A 4xx keeps the message at the
+    /// sender's server, which retries later (RFC 5321 §4.2.5); `4.7.x` is
+    /// the "security or policy status" class of RFC 3463 §3.8.
+    Defer(String),
 }
 
 /// One accepted recipient of a transaction.

@@ -10,8 +10,8 @@ use smtp_proto::{Error as ProtoError, MAIL_BODY_7BIT, MAIL_BODY_8BITMIME, Reques
 
 use super::data::{DataReader, Fed};
 use super::{
-    AcceptedId, BodyType, Envelope, MailboxRoute, Recipient, RecipientRouter, Reply, SinkError,
-    SmtpConfig,
+    AcceptedId, Admission, BodyType, Envelope, MailboxRoute, Recipient, RecipientRouter, Reply,
+    SinkError, SmtpConfig,
 };
 use crate::address::EmailAddress;
 
@@ -320,7 +320,7 @@ impl Session {
                 self.greeted(&host, false);
                 Action::Send(Reply::plain(250, self.config.hostname.clone()))
             }
-            Request::Mail { from } => self.mail(from),
+            Request::Mail { from } => self.mail(from, router),
             Request::Rcpt { to } => self.rcpt(to, router),
             Request::Data => self.data(),
             Request::Rset => {
@@ -391,7 +391,11 @@ impl Session {
         Reply::multi(250, None, lines)
     }
 
-    fn mail(&mut self, from: smtp_proto::MailFrom<Cow<'_, str>>) -> Action {
+    fn mail(
+        &mut self,
+        from: smtp_proto::MailFrom<Cow<'_, str>>,
+        router: &(impl RecipientRouter + ?Sized),
+    ) -> Action {
         match self.phase {
             Phase::Connected => {
                 return self.error(Reply::new(503, "5.5.1", "Send EHLO/HELO first"));
@@ -434,6 +438,9 @@ impl Session {
                 Err(_) => return self.error(Reply::new(501, "5.1.7", "Bad sender address syntax")),
             }
         };
+        if let Admission::Defer(reason) = router.admit_sender(mail_from.as_ref(), self.info.peer) {
+            return self.error(Reply::new(451, "4.7.1", reason));
+        }
         self.transaction = Transaction {
             mail_from,
             recipients: Vec::new(),

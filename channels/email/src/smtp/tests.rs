@@ -399,3 +399,36 @@ fn a_command_split_across_reads_is_reassembled() {
     assert!(run(&mut s, "LO c").is_empty());
     assert_eq!(codes(&run(&mut s, "\r\n")), ["250"]);
 }
+
+/// Admits everyone but `spam@esempio.it`, which is over its limit.
+struct Limited;
+
+impl RecipientRouter for Limited {
+    fn route_recipient(&self, address: &EmailAddress) -> Option<MailboxRoute> {
+        Mailboxes.route_recipient(address)
+    }
+    fn admit_sender(&self, sender: Option<&EmailAddress>, _: std::net::SocketAddr) -> Admission {
+        match sender {
+            Some(s) if s.eq_ignore_case("spam@esempio.it") => {
+                Admission::Defer("Too many messages from this sender, try again later".into())
+            }
+            _ => Admission::Accept,
+        }
+    }
+}
+
+#[test]
+fn a_sender_over_its_limit_gets_451_4_7_1_at_mail_from_before_any_text() {
+    let mut s = session();
+    ehlo(&mut s);
+    s.receive(b"MAIL FROM:<spam@esempio.it>\r\nRCPT TO:<urp@comune.example>\r\nDATA\r\n");
+    let mut replies = Vec::new();
+    while let Some(a) = s.poll(NOW, &Limited) {
+        replies.push(a);
+    }
+    // MAIL deferred, so RCPT and DATA are out of sequence: nothing is read
+    // as message text and nothing reaches the sink.
+    assert_eq!(codes(&replies), ["451 4.7.1", "503 5.5.1", "503 5.5.1"]);
+    s.receive(b"MAIL FROM:<altra@esempio.it>\r\n");
+    assert_eq!(codes(&[s.poll(NOW, &Limited).unwrap()]), ["250 2.1.0"]);
+}
