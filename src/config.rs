@@ -727,6 +727,20 @@ pub struct EmailSettings {
     /// Poll a mailbox on another server as well (optional).
     #[serde(default)]
     pub imap: Option<ImapSettings>,
+    /// The satisfaction survey mailed when an e-mail or web-form
+    /// conversation is closed (optional; absent: none is sent).
+    #[serde(default)]
+    pub survey: Option<SurveySettings>,
+}
+
+/// `[email.survey]`: one mail per closed conversation, through the outbox.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SurveySettings {
+    /// The reference token is added to it (`[URP-2026-000123]`).
+    pub subject: String,
+    /// `{reference}` is replaced by the conversation's reference.
+    pub body: String,
 }
 
 /// `[email.imap]`: poll a mailbox on another server (optional; for cities
@@ -949,6 +963,17 @@ impl Settings {
                 "email.acknowledgement",
                 "must contain {reference}",
             ));
+        }
+        if let Some(survey) = &email.survey {
+            if survey.subject.trim().is_empty() || survey.subject.contains(['\r', '\n']) {
+                return Err(ConfigError::new(
+                    "email.survey.subject",
+                    "a non-empty single line",
+                ));
+            }
+            if survey.body.trim().is_empty() {
+                return Err(ConfigError::new("email.survey.body", "must not be empty"));
+            }
         }
         Ok(())
     }

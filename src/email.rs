@@ -73,6 +73,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::AppState;
+use crate::bus::BusEvent;
 use crate::config::{Channel, EmailSettings, ImapSettings, ImapTls};
 use crate::hub::{Hub, HubError};
 use crate::ratelimit::{RateLimiter, Verdict};
@@ -630,6 +631,98 @@ impl EmailChannel {
         Ok(true)
     }
 
+    /// Queues the satisfaction survey (`[email.survey]`) of a closed e-mail
+    /// or web-form conversation, once per conversation (dedupe key), as
+    /// automatic mail (`Auto-Submitted`, RFC 3834 §5) threaded under the
+    /// citizen's last mail. `Ok(None)`: no survey configured, not closed,
+    /// another channel, or no address to write to.
+    pub async fn send_survey(&self, conversation_id: i64) -> Result<Option<i64>, EmailError> {
+        let Some(survey) = &self.settings.survey else {
+            return Ok(None);
+        };
+        let closed = self
+            .store
+            .get_conversation(&crate::store::Scope::All, conversation_id)
+            .await?
+            .is_some_and(|d| d.conversation.state == crate::store::ConversationState::Closed);
+        if !closed {
+            return Ok(None);
+        }
+        let Some(context) = self.store.mail_reply_context(conversation_id).await? else {
+            return Ok(None);
+        };
+        let to = context
+            .to_address
+            .as_deref()
+            .and_then(|a| EmailAddress::parse(a).ok());
+        let (true, Some(to)) = (
+            context.channel == "email" || context.channel == "webform",
+            to,
+        ) else {
+            return Ok(None);
+        };
+        let mail = self
+            .enqueue_mail(&MailToSend {
+                conversation_id: Some(conversation_id),
+                to,
+                to_name: context.to_name.clone(),
+                subject: survey.subject.clone(),
+                reference: Some(context.reference.clone()),
+                body: survey.body.replace("{reference}", &context.reference),
+                in_reply_to: context.last_inbound_id.clone(),
+                references: Vec::new(),
+                kind: MailKind::Survey,
+                automatic: true,
+                dedupe_key: Some(format!("survey:{conversation_id}")),
+            })
+            .await?;
+        Ok(Some(mail.id))
+    }
+
+    /// Sends the survey when a conversation closes, until shutdown. Closing
+    /// is seen on the bus (the router's "closed" after wrap-up, the console's
+    /// end when there is none); the store says whether it is closed. Every
+    /// node of a cluster hears the event; the dedupe key queues one mail.
+    /// A conversation whose event this node missed (bus lag, or wrap-up
+    /// closed by a restart) gets no survey: it is a courtesy, not a record.
+    pub async fn run_surveys(
+        self: Arc<Self>,
+        mut events: tokio::sync::broadcast::Receiver<Arc<BusEvent>>,
+        shutdown: CancellationToken,
+    ) {
+        if self.settings.survey.is_none() {
+            return;
+        }
+        loop {
+            let event = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                event = events.recv() => event,
+            };
+            let conversation_id = match event.as_deref() {
+                Ok(BusEvent::ConversationChanged {
+                    conversation_id,
+                    state,
+                    ..
+                }) if state == "closed" => *conversation_id,
+                Ok(BusEvent::ConversationEnded {
+                    conversation_id, ..
+                }) => *conversation_id,
+                Ok(_) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                    tracing::warn!(
+                        missed,
+                        "survey: bus events missed; their surveys are not sent"
+                    );
+                    continue;
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            };
+            if let Err(err) = self.send_survey(conversation_id).await {
+                tracing::warn!(conversation = conversation_id, %err, "queueing the satisfaction survey failed");
+            }
+        }
+    }
+
     /// The threading decision, with what the store knows fetched first
     /// (the crate's [`ThreadLookup`] is synchronous and pure).
     async fn thread(&self, mail: &InboundMail) -> Result<Thread, StoreError> {
@@ -1060,6 +1153,7 @@ pub struct Running {
     smtp: JoinHandle<()>,
     outbox: JoinHandle<()>,
     imap: JoinHandle<()>,
+    surveys: JoinHandle<()>,
 }
 
 impl Running {
@@ -1069,6 +1163,7 @@ impl Running {
         let _ = self.smtp.await;
         let _ = self.outbox.await;
         let _ = self.imap.await;
+        let _ = self.surveys.await;
     }
 }
 
@@ -1089,8 +1184,18 @@ pub fn start(
         shutdown.child_token(),
     ));
     let imap = tokio::spawn(channel.clone().run_imap(shutdown.child_token()));
+    let surveys = tokio::spawn(
+        channel
+            .clone()
+            .run_surveys(state.bus.subscribe(), shutdown.child_token()),
+    );
     let outbox = tokio::spawn(channel.run_outbox(shutdown.child_token()));
-    Ok(Running { smtp, outbox, imap })
+    Ok(Running {
+        smtp,
+        outbox,
+        imap,
+        surveys,
+    })
 }
 
 /// Binds the SMTP listener (`smtp_addr`).
