@@ -824,6 +824,9 @@ pub struct RelaySettings {
     /// Never logged: the `Debug` impl leaves it out.
     #[serde(default)]
     pub password: Option<String>,
+    /// Extra trusted roots (PEM) for the relay's certificate.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
     /// Per SMTP command.
     pub timeout_seconds: u64,
 }
@@ -836,6 +839,7 @@ impl std::fmt::Debug for RelaySettings {
             .field("starttls", &self.starttls)
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("ca_file", &self.ca_file)
             .field("timeout_seconds", &self.timeout_seconds)
             .finish()
     }

@@ -210,21 +210,28 @@ impl EmailChannel {
         let from = EmailAddress::parse(&settings.from).context("email.from")?;
         let relay = &settings.relay;
         let timeout = Duration::from_secs(relay.timeout_seconds);
-        let transport = relay_transport(&RelayConfig {
-            host: relay.host.clone(),
-            port: relay.port,
-            security: if relay.starttls {
-                RelaySecurity::StartTls
-            } else {
-                RelaySecurity::None
-            },
-            credentials: relay
-                .username
-                .clone()
-                .map(|user| (user, relay.password.clone().unwrap_or_default())),
-            timeout,
-        })
-        .context("email.relay")?;
+        let transport =
+            relay_transport(&RelayConfig {
+                host: relay.host.clone(),
+                port: relay.port,
+                security: if relay.starttls {
+                    RelaySecurity::StartTls
+                } else {
+                    RelaySecurity::None
+                },
+                credentials: relay
+                    .username
+                    .clone()
+                    .map(|user| (user, relay.password.clone().unwrap_or_default())),
+                ca_pem: match &relay.ca_file {
+                    Some(path) => Some(std::fs::read(path).with_context(|| {
+                        format!("email.relay.ca_file: reading {}", path.display())
+                    })?),
+                    None => None,
+                },
+                timeout,
+            })
+            .context("email.relay")?;
         Ok(Self {
             store: state.store.clone(),
             hub: state.hub.clone(),

@@ -637,8 +637,32 @@ struct Aiosmtpd {
 impl Aiosmtpd {
     /// Starts aiosmtpd (Debian `python3-aiosmtpd`) and waits until it listens.
     async fn start(addr: SocketAddr) -> Self {
+        Self::spawn(&["-u", "-m", "aiosmtpd", "-n", "-d", "-l", &addr.to_string()]).await
+    }
+
+    /// A relay that requires STARTTLS and then AUTH as `user`/`password`
+    /// (`tests/relay_tls_auth.py`, on aiosmtpd), with the certificate of
+    /// [`test_ca_and_certificate`] in `dir`.
+    async fn start_tls_auth(addr: SocketAddr, dir: &Path, user: &str, password: &str) -> Self {
+        let script = repo_path("tests/relay_tls_auth.py");
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        let port = addr.port().to_string();
+        Self::spawn(&[
+            "-u",
+            script.to_str().unwrap(),
+            "127.0.0.1",
+            &port,
+            cert.to_str().unwrap(),
+            key.to_str().unwrap(),
+            user,
+            password,
+        ])
+        .await
+    }
+
+    async fn spawn(args: &[&str]) -> Self {
         let mut child = tokio::process::Command::new(PYTHON)
-            .args(["-u", "-m", "aiosmtpd", "-n", "-d", "-l", &addr.to_string()])
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
@@ -876,6 +900,81 @@ async fn a_send_cut_by_a_crash_is_tried_again_after_its_lease_with_the_same_mess
     );
     let mail = app.store().outbox_mail(ack_id).await.unwrap().unwrap();
     assert_eq!((mail.state.as_str(), mail.attempts), ("sent", 3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_outbox_delivers_over_starttls_with_credentials_and_refuses_a_relay_certificate_it_cannot_verify()
+ {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = test_ca_and_certificate(dir.path());
+    let relay_addr = free_port();
+    let mut relay =
+        Aiosmtpd::start_tls_auth(relay_addr, dir.path(), "ccu-relay", "segreta-relay").await;
+    let settings = |trust: bool| {
+        let mut relay = json!({
+            "host": "127.0.0.1", "port": relay_addr.port(), "starttls": true,
+            "username": "ccu-relay", "password": "segreta-relay", "timeout_seconds": 10,
+        });
+        if trust {
+            relay["ca_file"] = json!(ca);
+        }
+        vec![("email.relay", relay)]
+    };
+
+    // Without the city's CA the relay's certificate is unknown: nothing is
+    // sent (the credentials never leave), the attempt is transient.
+    let app = spawn_app_with(&settings(false)).await;
+    send(
+        app.smtp_addr,
+        URP,
+        "relay-tls-1@esempio.it",
+        "Relay con TLS",
+        &[],
+    )
+    .await;
+    let conversation_id = inbound(app.store(), "relay-tls-1@esempio.it")
+        .await
+        .conversation_id
+        .unwrap();
+    let ack_id = outbox(app.store(), conversation_id).await[0].id;
+    let refused = wait_for("the attempt against the unknown certificate", || async {
+        let mail = app.store().outbox_mail(ack_id).await.unwrap().unwrap();
+        (mail.attempts == 1 && mail.state == "pending").then_some(mail)
+    })
+    .await;
+    let error = refused.last_error.unwrap_or_default();
+    assert!(
+        error.to_lowercase().contains("certificate") || error.to_lowercase().contains("issuer"),
+        "{error}"
+    );
+
+    // Trusting it: STARTTLS, AUTH, delivered once.
+    let app = spawn_app_with(&settings(true)).await;
+    send(
+        app.smtp_addr,
+        URP,
+        "relay-tls-2@esempio.it",
+        "Relay con TLS",
+        &[],
+    )
+    .await;
+    let arrived = relay.next_message().await;
+    assert!(arrived.contains("X-Test-Login: ccu-relay"), "{arrived}");
+    assert!(arrived.contains("X-Test-Tls: True"), "{arrived}");
+    assert!(
+        arrived.contains("In-Reply-To: <relay-tls-2@esempio.it>"),
+        "{arrived}"
+    );
+    let conversation_id = inbound(app.store(), "relay-tls-2@esempio.it")
+        .await
+        .conversation_id
+        .unwrap();
+    let ack_id = outbox(app.store(), conversation_id).await[0].id;
+    wait_for("the acknowledgement marked sent", || async {
+        let mail = app.store().outbox_mail(ack_id).await.unwrap().unwrap();
+        (mail.state == "sent" && mail.attempts == 1).then_some(())
+    })
+    .await;
 }
 
 /// A relay that refuses every recipient with 550 5.1.1: the SMTP door of

@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime};
 use lettre::message::header::{ContentType, HeaderName, HeaderValue};
 use lettre::message::{Mailbox, Message};
 use lettre::transport::smtp::authentication::Credentials;
-use lettre::transport::smtp::client::{Tls, TlsParameters};
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 
 use crate::address::EmailAddress;
@@ -28,6 +28,9 @@ pub struct RelayConfig {
     pub port: u16,
     pub security: RelaySecurity,
     pub credentials: Option<(String, String)>,
+    /// PEM of extra trusted roots for the relay's certificate (a city's own
+    /// CA); the public roots (webpki-roots) are always trusted.
+    pub ca_pem: Option<Vec<u8>>,
     /// Per-command timeout of the SMTP client.
     pub timeout: Duration,
 }
@@ -189,10 +192,17 @@ pub fn build_mail(
 pub fn relay_transport(
     config: &RelayConfig,
 ) -> Result<AsyncSmtpTransport<Tokio1Executor>, OutboundError> {
+    let parameters = || -> Result<TlsParameters, OutboundError> {
+        let mut builder = TlsParameters::builder(config.host.clone());
+        if let Some(pem) = &config.ca_pem {
+            builder = builder.add_root_certificate(Certificate::from_pem(pem)?);
+        }
+        Ok(builder.build_rustls()?)
+    };
     let tls = match config.security {
         RelaySecurity::None => Tls::None,
-        RelaySecurity::StartTls => Tls::Required(TlsParameters::new(config.host.clone())?),
-        RelaySecurity::ImplicitTls => Tls::Wrapper(TlsParameters::new(config.host.clone())?),
+        RelaySecurity::StartTls => Tls::Required(parameters()?),
+        RelaySecurity::ImplicitTls => Tls::Wrapper(parameters()?),
     };
     let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(config.host.clone())
         .port(config.port)

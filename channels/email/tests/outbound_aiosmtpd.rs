@@ -92,6 +92,7 @@ fn relay(addr: SocketAddr) -> RelayConfig {
         port: addr.port(),
         security: RelaySecurity::None,
         credentials: None,
+        ca_pem: None,
         timeout: Duration::from_secs(10),
     }
 }

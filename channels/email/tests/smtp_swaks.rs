@@ -447,6 +447,7 @@ async fn a_relay_refusing_the_recipient_with_550_is_a_permanent_outcome() {
         port: server.addr.port(),
         security: RelaySecurity::None,
         credentials: None,
+        ca_pem: None,
         timeout: Duration::from_secs(10),
     };
     let (from, nobody, urp) = (
