@@ -807,6 +807,15 @@ impl CallContext {
                 ..
             } => {
                 let path: Vec<String> = ivr_path.iter().map(ToString::to_string).collect();
+                // The chosen queue may keep other hours than the number's:
+                // closed, the caller hears so and no conversation is opened
+                // (the router would refuse to queue it, and the caller's
+                // hang-up then be an abandon of a conversation it never had).
+                if self.voice.opening(&queue) == Opening::Closed {
+                    tracing::info!(%queue, path = %path.join(" "), "call for a closed queue");
+                    call.handle(Instant::now(), CallInput::QueueClosed);
+                    return;
+                }
                 let arrival = Arrival {
                     queue_id: queue.clone(),
                     channel: Channel::Voice,

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ccu_channels::call::{
-    Call, CallConfig, CallInput, CallOutput, CallRecord, CallSetup, Device, HangupCause,
+    Call, CallConfig, CallInput, CallOutput, CallRecord, CallSetup, Device, HangupCause, OfferEnd,
     OfferOutcome, SipLeg, SipSend,
 };
 use ccu_channels::ivr::{Ivr, IvrConfig, Opening};
@@ -534,6 +534,13 @@ fn a_busy_operator_sends_the_call_back_and_the_next_offer_rings_another_phone() 
         offer: 1,
         outcome: OfferOutcome::Declined(StatusCode::BUSY_HERE)
     }));
+    assert!(
+        outputs.contains(&CallOutput::Record(CallRecord::OfferEnded {
+            offer: 1,
+            operator: 3,
+            end: OfferEnd::Busy(StatusCode::BUSY_HERE)
+        }))
+    );
     assert_eq!(h.call.ringing_offer(), None);
     // Music goes on while the router finds the next operator.
     h.advance_to(h.now - h.t0 + Duration::from_secs(2));
@@ -578,6 +585,13 @@ fn a_phone_that_rings_out_is_cancelled_and_the_offer_missed() {
         offer: 1,
         outcome: OfferOutcome::Missed
     }));
+    assert!(
+        outputs.contains(&CallOutput::Record(CallRecord::OfferEnded {
+            offer: 1,
+            operator: 3,
+            end: OfferEnd::RingTimeout
+        }))
+    );
 }
 
 #[test]
@@ -787,24 +801,24 @@ fn sip_info_dtmf_chooses_in_the_ivr_and_the_console_hangs_up() {
     );
 }
 
-#[test]
-fn an_invite_the_ivr_cannot_answer_is_refused() {
-    let (library, ivr) = library_and_ivr();
+/// A call's configuration without the harness.
+fn plain_config() -> CallConfig {
     let dialog = DialogConfig::new(Uri::parse("sip:ccu@192.0.2.1").expect("uri"), "192.0.2.1");
-    let config = CallConfig {
+    CallConfig {
         caller_dialog: dialog.clone(),
         phone_dialog: dialog,
         media: CallMediaConfig::default(),
         ring_timeout: Duration::from_secs(15),
-    };
-    let mut invite = invite();
-    invite.headers.remove_all(&HeaderName::Contact);
+    }
+}
+
+fn plain_setup(invite: Request) -> CallSetup {
     let start = StreamStart {
         ssrc: 1,
         sequence: 1,
         timestamp: 1,
     };
-    let setup = CallSetup {
+    CallSetup {
         invite,
         local_tag: "x".into(),
         source_ip: "203.0.113.5".parse().expect("ip"),
@@ -817,7 +831,16 @@ fn an_invite_the_ivr_cannot_answer_is_refused() {
         },
         operator_stream: start,
         opening: Opening::Open,
-    };
+    }
+}
+
+#[test]
+fn an_invite_the_ivr_cannot_answer_is_refused() {
+    let (library, ivr) = library_and_ivr();
+    let config = plain_config();
+    let mut invite = invite();
+    invite.headers.remove_all(&HeaderName::Contact);
+    let setup = plain_setup(invite);
     let refused = Call::new(
         Instant::now(),
         config.clone(),
@@ -840,6 +863,101 @@ fn an_invite_the_ivr_cannot_answer_is_refused() {
     assert_eq!(
         response_status(sip_sends(&outputs, SipLeg::Caller)[0]),
         Some(488)
+    );
+    assert_eq!(
+        outputs.last(),
+        Some(&CallOutput::Ended {
+            cause: HangupCause::NotAcceptable
+        })
+    );
+}
+
+#[test]
+fn an_invite_without_an_offer_gets_ours_in_the_200_and_the_ivr_starts_with_the_acks_answer() {
+    let (library, ivr) = library_and_ivr();
+    let config = plain_config();
+    let setup = |invite| {
+        let mut setup = plain_setup(invite);
+        setup.local_tag = "ccu1".into();
+        setup.caller_media.port = 20_000;
+        setup
+    };
+    let offerless = || {
+        let text = String::from_utf8(invite_head()).expect("utf8");
+        request(&text.replace("Content-Type: application/sdp\r\n", ""), "")
+    };
+    let t0 = Instant::now();
+    let mut call = Call::new(
+        t0,
+        config.clone(),
+        setup(offerless()),
+        library.clone(),
+        ivr.clone(),
+    )
+    .expect("a dialog");
+    let outputs: Vec<CallOutput> = std::iter::from_fn(|| call.poll(t0)).collect();
+    let SipSend::Respond(ok) = sip_sends(&outputs, SipLeg::Caller)[0] else {
+        panic!("{outputs:?}")
+    };
+    assert_eq!(ok.status, StatusCode::OK);
+    let body = String::from_utf8_lossy(&ok.body);
+    assert!(body.contains("m=audio 20000 RTP/AVP"), "our offer: {body}");
+    assert!(
+        rtp_to(&outputs, Leg::A).is_empty(),
+        "no prompt before the answer"
+    );
+    assert!(call.media().is_none());
+
+    // The ACK carries the answer: the IVR speaks.
+    let ack_with = |body: &str| {
+        let head = String::from_utf8(from_trunk("ACK", 10).to_bytes()).expect("utf8");
+        let head = head
+            .split("Content-Length")
+            .next()
+            .expect("head")
+            .to_owned();
+        let content_type = if body.is_empty() {
+            ""
+        } else {
+            "Content-Type: application/sdp\r\n"
+        };
+        request(&format!("{head}{content_type}"), body)
+    };
+    let ack = ack_with(&TRUNK_OFFER.replace("RTP/AVP 8 101", "RTP/AVP 8"));
+    let t1 = t0 + Duration::from_millis(10);
+    call.handle(
+        t1,
+        CallInput::Sip {
+            leg: SipLeg::Caller,
+            event: DialogEvent::Request(&ack),
+        },
+    );
+    let mut outputs = Vec::new();
+    for step in 0..10 {
+        let now = t1 + Duration::from_millis(20 * step);
+        outputs.extend(std::iter::from_fn(|| call.poll(now)));
+    }
+    assert!(call.media().is_some());
+    assert!(
+        !rtp_to(&outputs, Leg::A).is_empty(),
+        "the greeting: {outputs:?}"
+    );
+
+    // An ACK without an answer: BYE.
+    let mut call = Call::new(t0, config, setup(offerless()), library, ivr).expect("a dialog");
+    while call.poll(t0).is_some() {}
+    let ack = ack_with("");
+    call.handle(
+        t1,
+        CallInput::Sip {
+            leg: SipLeg::Caller,
+            event: DialogEvent::Request(&ack),
+        },
+    );
+    let outputs: Vec<CallOutput> = std::iter::from_fn(|| call.poll(t1)).collect();
+    assert!(
+        is_request(sip_sends(&outputs, SipLeg::Caller)[0], Method::Bye),
+        "{outputs:?}"
     );
     assert_eq!(
         outputs.last(),

@@ -100,8 +100,19 @@ async fn conversation(app: &TestApp, id: i64) -> Option<Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caller_who_presses_1_is_queued_for_anagrafe_and_hanging_up_is_an_abandon() {
+    presses_1_and_hangs_up("call_dtmf_hangup.xml").await;
+}
+
+/// RFC 3261 §13.2.1: the 200 carries our offer, the ACK the answer, and
+/// the IVR hears the key pressed after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invite_without_sdp_gets_an_offer_in_the_200_and_the_answer_in_the_ack_is_used() {
+    presses_1_and_hangs_up("call_offerless.xml").await;
+}
+
+async fn presses_1_and_hangs_up(scenario: &str) {
     let app = calls_app().await;
-    let output = sipp(app.sip_addr, "call_dtmf_hangup.xml", &["-s", "0612345678"]).await;
+    let output = sipp(app.sip_addr, scenario, &["-s", "0612345678"]).await;
     assert!(
         output.status.success(),
         "sipp exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
@@ -125,6 +136,29 @@ async fn a_caller_who_presses_1_is_queued_for_anagrafe_and_hanging_up_is_an_aban
         "the key 1 of the menu: {conversation}"
     );
     assert_eq!(conversation["state"], "abandoned", "{conversation}");
+    let events = events_until(&app, 1, "abandoned").await;
+    let started = data(event(&events, "call_started"));
+    assert_eq!(started["caller"], "+393331234567", "{started}");
+    assert_eq!(started["called"], NUMBER, "{started}");
+    assert_eq!(started["trunk"], "carrier", "{started}");
+    assert_eq!(data(event(&events, "call_ivr"))["path"], json!(["main:1"]));
+    assert_eq!(data(event(&events, "call_ended"))["cause"], "caller");
+}
+
+/// Regression: the IVR routed to a queue closed at that hour, the router
+/// refused to queue the conversation, the caller waited with music and
+/// their hang-up was an abandon the router did not know ("router: unknown
+/// conversation").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_choice_of_a_queue_that_is_closed_now_plays_the_closed_message() {
+    let app = calls_app_with(&[
+        ("schedules.never", json!({})),
+        ("queues.anagrafe.schedule", json!("never")),
+    ])
+    .await;
+    let output = sipp(app.sip_addr, "call_dtmf_closed.xml", &["-s", "0612345678"]).await;
+    assert_sipp_ok(&output, "the caller, who gets BYE");
+    assert!(conversation(&app, 1).await.is_none(), "nothing was queued");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -466,10 +500,16 @@ async fn a_caller_who_hangs_up_while_the_phone_rings_has_the_phone_cancelled() {
     assert_eq!(conversation["state"], "abandoned", "{conversation}");
 }
 
+/// Over TCP the phone also sends its 200 a second time after our ACK
+/// (`phone_repeats_200.xml`; over UDP sipp cannot, see there).
 async fn the_operator_hangs_up_and_the_caller_gets_bye(transport: &str) {
     let app = operators_app(20, 30).await;
     let (anna, token) = operator(&app, "anna.voce", "2001", 6).await;
-    let phone = Phone::register(&app, anna, "2001", transport, "phone_hangs_up.xml").await;
+    let scenario = match transport {
+        "t1" => "phone_repeats_200.xml",
+        _ => "phone_hangs_up.xml",
+    };
+    let phone = Phone::register(&app, anna, "2001", transport, scenario).await;
     let _console = available(&app, &token).await;
     let caller = sipp_over(
         app.sip_addr,
@@ -478,9 +518,17 @@ async fn the_operator_hangs_up_and_the_caller_gets_bye(transport: &str) {
         &["-s", "0612345678"],
     )
     .await;
+    if caller.status.code() != Some(0) {
+        eprintln!("the phone's logs:\n{}", phone.logs());
+    }
     assert_sipp_ok(&caller, "the caller, who gets BYE");
     phone.wait_for("bye answered").await;
-    phone.hang_up_the_line().await;
+    let logs = phone.hang_up_the_line().await;
+    if transport == "t1" {
+        // The phone sent its 200 again: it got its ACK again (the INVITE
+        // client transaction's Accepted state, RFC 6026 §7.2).
+        assert!(logs.contains("ack repeated"), "{logs}");
+    }
     let events = events_until(&app, 1, "completed").await;
     assert_eq!(data(event(&events, "call_ended"))["cause"], "operator");
     let conversation = conversation(&app, 1).await.unwrap();

@@ -146,6 +146,10 @@ pub enum CallInput<'a> {
     /// Transfer from the console to a queue: the operator's leg ends, the
     /// caller waits again.
     TransferToQueue(QueueStatus),
+    /// The queue the IVR chose is closed (the server looked up its
+    /// hours at `Route`): the closed prompts, then a hang-up
+    /// (`HangupCause::Ivr(Closed)`); no abandon.
+    QueueClosed,
     /// Hang-up from the console, or shutdown.
     HangUp,
 }
@@ -323,6 +327,15 @@ pub enum CallOutput {
     },
 }
 
+/// What the media needs when an offerless INVITE's answer comes in its ACK.
+struct PendingMedia {
+    library: Arc<PromptLibrary>,
+    ivr: Arc<Ivr>,
+    opening: Opening,
+    source_ip: IpAddr,
+    streams: CallStreams,
+}
+
 struct Fork {
     leg: u32,
     dialog: Dialog,
@@ -346,6 +359,8 @@ pub struct Call {
     phone_media: LocalMedia,
     operator_stream: StreamStart,
     media: Option<CallMedia>,
+    /// An offerless INVITE: the media starts with the ACK's answer.
+    pending_media: Option<PendingMedia>,
     stage: Stage,
     /// Every outbound dialog not yet terminated (ringing forks, the
     /// bridged phone, legs being torn down).
@@ -406,9 +421,19 @@ impl Call {
                     None => call.finish(now, HangupCause::NotAcceptable),
                 }
             }
-            // An offerless INVITE would leave the IVR mute until the ACK;
-            // trunks to the unified number send offers.
-            Ok(None) | Err(_) => call.finish(now, HangupCause::NotAcceptable),
+            // RFC 3261 §13.2.1, RFC 3264 §5: an INVITE without an offer
+            // gets ours in the 200 and the answer comes in the ACK; the IVR
+            // starts then (the prompts would go nowhere before).
+            Ok(None) => {
+                call.pending_media = Some(PendingMedia {
+                    library,
+                    ivr,
+                    opening: setup.opening,
+                    source_ip: setup.source_ip,
+                    streams: setup.streams,
+                });
+            }
+            Err(_) => call.finish(now, HangupCause::NotAcceptable),
         }
         Ok(call)
     }
@@ -427,6 +452,7 @@ impl Call {
             phone_media,
             operator_stream,
             media: None,
+            pending_media: None,
             stage: Stage::Ivr,
             phones: Vec::new(),
             next_leg: 0,
@@ -541,6 +567,13 @@ impl Call {
                         .push_back(CallOutput::Record(CallRecord::Transferred { to }));
                 }
             }
+            CallInput::QueueClosed => {
+                if self.stage == Stage::Queued
+                    && let Some(media) = &mut self.media
+                {
+                    media.handle(now, CallEvent::QueueClosed);
+                }
+            }
             CallInput::HangUp => self.finish(now, HangupCause::Console),
         }
     }
@@ -603,10 +636,32 @@ impl Call {
                 let status = self.in_dialog_request(now, &request, true);
                 self.caller.respond(&request, status, allow_for(status));
             }
+            DialogAction::Confirmed(answer) => {
+                if let Some(pending) = self.pending_media.take() {
+                    let leg = answer
+                        .as_ref()
+                        .and_then(|n| LegMedia::from_negotiated(n, Some(pending.source_ip)));
+                    match leg {
+                        Some(leg) => {
+                            self.media = Some(CallMedia::new(
+                                now,
+                                self.config.media.clone(),
+                                pending.library,
+                                pending.ivr,
+                                pending.opening,
+                                leg,
+                                pending.streams,
+                            ));
+                        }
+                        // An ACK without a usable answer: RFC 3261 §13.2.1
+                        // lets us end the call with BYE.
+                        None => self.finish(now, HangupCause::NotAcceptable),
+                    }
+                }
+            }
             // A trunk's session refresh keeps the same media; the relay
             // stays latched to where the caller's packets come from.
             DialogAction::MediaUpdate { .. }
-            | DialogAction::Confirmed(_)
             | DialogAction::Provisional(_)
             | DialogAction::Answered(_) => {}
             DialogAction::Terminated(cause) => {

@@ -79,6 +79,9 @@ pub enum CallEvent<'a> {
     /// The operator's leg ended but the caller stays: back to the queue
     /// (a transfer to a queue, or a blind transfer still ringing).
     Requeue(QueueStatus),
+    /// The chosen queue is closed (its hours, looked up by the server
+    /// when the IVR routed): the closed prompts, then a hang-up.
+    QueueClosed,
     /// The call ended (either side hung up, or the console did).
     End,
 }
@@ -129,6 +132,8 @@ enum Stage {
     Queued(QueueAnnouncer),
     Bridged,
     Held,
+    /// Playing the closed prompts before the hang-up.
+    Closing,
     Ended,
 }
 
@@ -141,6 +146,7 @@ pub struct CallMedia {
     stage: Stage,
     language: String,
     path: Vec<PathStep>,
+    closed_prompts: Vec<String>,
     actions: VecDeque<CallAction>,
 }
 
@@ -165,6 +171,7 @@ impl CallMedia {
             streams.player.timestamp,
         );
         let language = ivr.language.clone();
+        let closed_prompts = ivr.closed_prompts.clone();
         CallMedia {
             config,
             library,
@@ -173,6 +180,7 @@ impl CallMedia {
             stage: Stage::Ivr(IvrSession::new(now, ivr, opening)),
             language,
             path: Vec::new(),
+            closed_prompts,
             actions: VecDeque::new(),
         }
     }
@@ -243,6 +251,13 @@ impl CallMedia {
                 self.relay.detach(Leg::B);
                 self.relay.set_source(Leg::A, Source::Local);
                 self.queue(status);
+            }
+            CallEvent::QueueClosed => {
+                if matches!(self.stage, Stage::Routing | Stage::Queued(_)) {
+                    self.stage = Stage::Closing;
+                    let prompts = self.closed_prompts.clone();
+                    self.play(now, &prompts);
+                }
             }
             CallEvent::End => {
                 self.player.stop();
@@ -346,6 +361,13 @@ impl CallMedia {
                     Stage::Queued(announcer) => {
                         announcer.handle(now, AnnouncerEvent::PromptFinished)
                     }
+                    Stage::Closing => {
+                        let path = self.path.clone();
+                        self.end_with(CallAction::Hangup {
+                            reason: CallHangup::Closed,
+                            path,
+                        });
+                    }
                     _ => {}
                 },
             }
@@ -408,7 +430,7 @@ impl CallMedia {
                     }
                 }
             }
-            Stage::Routing | Stage::Bridged | Stage::Held | Stage::Ended => {}
+            Stage::Routing | Stage::Bridged | Stage::Held | Stage::Closing | Stage::Ended => {}
         }
         progressed
     }
@@ -558,6 +580,19 @@ mod tests {
             .unwrap()
     }
 
+    /// The caller presses 1 (RFC 4733) at `at`; what the media does then.
+    fn press_1(call: &mut CallMedia, at: Instant) -> Vec<CallAction> {
+        call.handle(
+            at,
+            CallEvent::Received {
+                leg: Leg::A,
+                from: addr(CALLER),
+                bytes: &dtmf(1, 800, 1),
+            },
+        );
+        run_until(call, at, at).0
+    }
+
     #[test]
     fn ivr_choice_queue_callback_and_hangup() {
         let (mut call, t0) = call(Opening::Open);
@@ -566,15 +601,7 @@ mod tests {
         assert!(actions.is_empty());
         assert_eq!(audio.len(), 4);
         let t1 = t0 + Duration::from_millis(100);
-        call.handle(
-            t1,
-            CallEvent::Received {
-                leg: Leg::A,
-                from: addr(CALLER),
-                bytes: &dtmf(1, 800, 1),
-            },
-        );
-        let (actions, _) = run_until(&mut call, t1, t1);
+        let actions = press_1(&mut call, t1);
         assert_eq!(
             actions,
             vec![CallAction::Route {
@@ -631,6 +658,31 @@ mod tests {
                 path: vec![]
             }]
         );
+    }
+
+    #[test]
+    fn a_closed_queue_after_the_choice_plays_the_closed_message_and_hangs_up() {
+        let (mut call, t0) = call(Opening::Open);
+        let t1 = t0 + Duration::from_millis(100);
+        let actions = press_1(&mut call, t1);
+        assert!(
+            matches!(actions[..], [CallAction::Route { .. }]),
+            "{actions:?}"
+        );
+        call.handle(t1, CallEvent::QueueClosed);
+        let (actions, audio) = run_until(&mut call, t1, t1 + Duration::from_secs(1));
+        assert_eq!(audio.len(), 4, "closed + goodbye, no music after them");
+        assert_eq!(
+            actions,
+            vec![CallAction::Hangup {
+                reason: CallHangup::Closed,
+                path: vec![PathStep {
+                    menu: "main".into(),
+                    input: Input::Digit('1')
+                }],
+            }]
+        );
+        assert!(call.is_ended());
     }
 
     #[test]

@@ -17,14 +17,19 @@
 //! | E | non-INVITE client | T1, doubling to T2 | retransmit request |
 //! | F | non-INVITE client | 64·T1 | give up |
 //! | K | non-INVITE client | T4 / 0 | absorb response retransmissions |
+//! | M | INVITE client | 64·T1 | pass `2xx` retransmissions to the TU (RFC 6026 §7.2) |
 //! | G | INVITE server | T1, doubling to T2 | retransmit final response |
 //! | H | INVITE server | 64·T1 | give up waiting for ACK |
 //! | I | INVITE server | T4 / 0 | absorb ACK retransmissions |
 //! | J | non-INVITE server | 64·T1 / 0 | absorb request retransmissions |
 //!
-//! A 2xx ends an INVITE transaction at once, as in RFC 3261: the dialog
-//! layer (the TU) retransmits the 2xx and absorbs the ACK. (RFC 6026's
-//! Accepted state is a possible refinement.)
+//! A 2xx ends an INVITE server transaction at once, as in RFC 3261: the
+//! dialog layer (the TU) retransmits the 2xx and absorbs the ACK. An
+//! INVITE client transaction that got a 2xx waits in RFC 6026's Accepted
+//! state for 64·T1 (Timer M) and passes every further 2xx to the TU: the
+//! phone repeats its 2xx until our ACK arrives, and the dialog must send
+//! the ACK again for each (RFC 3261 §13.2.2.4), which it cannot do if
+//! the endpoint drops the retransmissions for want of a transaction.
 //!
 //! ```
 //! use std::time::{Duration, Instant};
@@ -107,6 +112,8 @@ pub enum Timer {
     I,
     J,
     K,
+    /// RFC 6026 §7.2: the INVITE client leaves Accepted.
+    M,
     /// Send `100 Trying` for an INVITE the TU has not answered within
     /// 200 ms (RFC 3261 §17.2.1).
     Trying,
@@ -156,6 +163,8 @@ pub enum ClientState {
     Trying,
     Proceeding,
     Completed,
+    /// INVITE, after a 2xx (RFC 6026 §7.2): further 2xx go to the TU.
+    Accepted,
     Terminated,
 }
 
@@ -281,7 +290,10 @@ impl ClientTransaction {
                 } else if self.invite && status.is_success() {
                     self.actions
                         .push_back(Action::PassToTu(Message::Response(response)));
-                    self.terminate();
+                    self.state = ClientState::Accepted;
+                    self.timers.clear();
+                    self.timers
+                        .arm(Timer::M, now + self.config.t1.saturating_mul(64));
                 } else {
                     self.state = ClientState::Completed;
                     self.timers.clear();
@@ -318,6 +330,14 @@ impl ClientTransaction {
                         .push_back(Action::Send(Message::Request(ack.clone())));
                 }
             }
+            // RFC 6026 §7.2: a 2xx (retransmitted, or from another fork)
+            // goes to the TU, which sends its ACK; anything else is absorbed.
+            ClientState::Accepted => {
+                if status.is_success() {
+                    self.actions
+                        .push_back(Action::PassToTu(Message::Response(response)));
+                }
+            }
             ClientState::Terminated => {}
         }
     }
@@ -345,7 +365,7 @@ impl ClientTransaction {
                 self.actions.push_back(Action::Timeout);
                 self.terminate();
             }
-            Timer::D | Timer::K => self.terminate(),
+            Timer::D | Timer::K | Timer::M => self.terminate(),
             _ => {}
         }
     }
@@ -781,7 +801,7 @@ Content-Length: 0\r\n\r\n"
     }
 
     #[test]
-    fn invite_client_ends_at_once_on_2xx() {
+    fn invite_client_passes_2xx_retransmissions_to_the_tu_until_timer_m() {
         let t0 = Instant::now();
         let invite = request("INVITE");
         let mut tx = ClientTransaction::new(
@@ -793,10 +813,17 @@ Content-Length: 0\r\n\r\n"
         drain_client(&mut tx, t0);
         tx.handle(t0, ClientEvent::Response(respond(&invite, 200)));
         let actions = drain_client(&mut tx, t0);
-        assert!(matches!(
-            &actions[..],
-            [Action::PassToTu(_), Action::Terminated]
-        ));
+        assert!(matches!(&actions[..], [Action::PassToTu(_)]), "{actions:?}");
+        assert_eq!(tx.state(), ClientState::Accepted);
+        // No INVITE retransmission any more (Timer A is gone), only Timer M.
+        assert_eq!(tx.next_deadline(), Some(t0 + ms(32_000)));
+        // The phone did not get our ACK and repeats its 2xx: the TU hears
+        // it again (and sends the ACK again); a stray 4xx is absorbed.
+        tx.handle(t0 + ms(500), ClientEvent::Response(respond(&invite, 200)));
+        tx.handle(t0 + ms(600), ClientEvent::Response(respond(&invite, 486)));
+        let actions = drain_client(&mut tx, t0 + ms(600));
+        assert!(matches!(&actions[..], [Action::PassToTu(_)]), "{actions:?}");
+        assert_eq!(drain_client(&mut tx, t0 + ms(32_000)), [Action::Terminated]);
     }
 
     #[test]
