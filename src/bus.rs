@@ -86,6 +86,13 @@ pub enum BusEvent {
         conversation_id: i64,
         message_id: i64,
     },
+    /// The operator's console put a call on hold (or resumed it); the
+    /// request is stored as the conversation's `call_hold_requested` event
+    /// first. The call's task carries it out (src/voice.rs).
+    CallHold {
+        conversation_id: i64,
+        hold: bool,
+    },
     UserChanged {
         user_id: i64,
     },

@@ -98,6 +98,9 @@ fn keys_of(event: &BusEvent) -> [Option<Key>; 2] {
         }
         | MessageAdded {
             conversation_id, ..
+        }
+        | CallHold {
+            conversation_id, ..
         } => Some(Key::Conversation(*conversation_id)),
         OperatorChanged { .. } | UserChanged { .. } | Resync => None,
     };

@@ -65,6 +65,10 @@ enum Msg {
         expires_at: i64,
     },
     Withdraw,
+    /// The conversation is waiting again (a transfer from the console).
+    Requeued,
+    /// Hold (true) or resume from the console.
+    Hold(bool),
     Position(QueueStatus),
     HangUp,
 }
@@ -327,6 +331,15 @@ impl Voice {
                     conversation_id,
                     by,
                 } if by != "citizen" && by != "voice" => (*conversation_id, Msg::HangUp),
+                BusEvent::ConversationChanged {
+                    conversation_id,
+                    state,
+                    ..
+                } if state == "queued" => (*conversation_id, Msg::Requeued),
+                BusEvent::CallHold {
+                    conversation_id,
+                    hold,
+                } => (*conversation_id, Msg::Hold(*hold)),
                 _ => continue,
             };
             let sender = lock(&self.0.conversations).deliver(conversation, msg);
@@ -568,6 +581,10 @@ impl Voice {
                             }
                         },
                         Msg::Offer { offer, operator, expires_at } => {
+                            // Offered while bridged: the console transferred
+                            // the conversation and the router offered it
+                            // before the change reached us.
+                            context.requeue_if_bridged(&mut call, now);
                             let conversation = context.conversation.unwrap_or_default();
                             let bindings = shared.sip.bindings(OperatorId(operator));
                             let mut devices = Vec::new();
@@ -602,6 +619,9 @@ impl Voice {
                             call.handle(now, CallInput::Offer { offer, operator, conversation, devices, ring_for });
                         }
                         Msg::Withdraw => call.handle(now, CallInput::WithdrawOffer),
+                        Msg::Requeued => context.requeue_if_bridged(&mut call, now),
+                        Msg::Hold(true) => call.handle(now, CallInput::Hold),
+                        Msg::Hold(false) => call.handle(now, CallInput::Unhold),
                         Msg::Position(status) => call.handle(now, CallInput::QueueStatus(status)),
                         Msg::HangUp => call.handle(now, CallInput::HangUp),
                     }
@@ -731,6 +751,23 @@ fn call_event(record: &CallRecord) -> (&'static str, Option<i64>, serde_json::Va
 }
 
 impl CallContext {
+    /// A transfer from the console (the conversation is queued again while
+    /// the call is bridged): the operator's phone is hung up and the caller
+    /// waits with music for the next offer.
+    fn requeue_if_bridged(&mut self, call: &mut Call, now: Instant) {
+        if call.is_bridged() {
+            tracing::info!(conversation = ?self.conversation, "call transferred from the console");
+            self.answered = false;
+            call.handle(
+                now,
+                CallInput::TransferToQueue(QueueStatus {
+                    position: None,
+                    estimated_wait: None,
+                }),
+            );
+        }
+    }
+
     /// Stores a record as a conversation event, or keeps it until the
     /// conversation exists.
     async fn record_event(

@@ -26,7 +26,9 @@ use crate::auth::Auth;
 use crate::bus::BusEvent;
 use crate::fanout::{Delivery, Key, Subscription};
 use crate::router::RouterError;
-use crate::store::{ConversationFilter, ConversationState, Direction, Role, Scope, User};
+use crate::store::{
+    ConversationDetail, ConversationFilter, ConversationState, Direction, Role, Scope, User,
+};
 
 pub async fn operator_socket(
     auth: Auth,
@@ -406,15 +408,32 @@ impl Console {
                 self.state.hub.announce_end(conversation, "operator").await;
                 Ok(())
             }
+            // Calls only: the call's task (on whichever node holds the
+            // call) hears it on the bus and re-INVITEs nobody: the caller
+            // gets music, the phone silence (docs/sip.md "Call records").
+            "hold" | "resume" => {
+                let conversation = self.owned(value)?;
+                let detail = self.detail(conversation).await?;
+                if detail.conversation.channel != crate::config::Channel::Voice {
+                    return Err(ApiError::validation("conversation_id", "not a call"));
+                }
+                let hold = kind == "hold";
+                self.operator_event(conversation, "call_hold_requested", json!({ "hold": hold }))
+                    .await?;
+                self.state
+                    .bus
+                    .publish(BusEvent::CallHold {
+                        conversation_id: conversation,
+                        hold,
+                    })
+                    .await
+                    .map_err(|e| ApiError::Internal(e.into()))?;
+                Ok(())
+            }
             "wrap_up" => {
                 let conversation = self.owned(value)?;
                 let code = text_field(value, "code", 60)?;
-                let detail = self
-                    .state
-                    .store
-                    .get_conversation(&Scope::All, conversation)
-                    .await?
-                    .ok_or(ApiError::NotFound("conversation"))?;
+                let detail = self.detail(conversation).await?;
                 let allowed = self
                     .state
                     .settings
@@ -428,16 +447,7 @@ impl Console {
                     ));
                 }
                 if let Some(note) = optional_text(value, "note", 2000)? {
-                    self.state
-                        .store
-                        .append_event(
-                            conversation,
-                            crate::now_ms(),
-                            "wrap_up_note",
-                            None,
-                            Some(me),
-                            &json!({ "note": note }),
-                        )
+                    self.operator_event(conversation, "wrap_up_note", json!({ "note": note }))
                         .await?;
                 }
                 router
@@ -494,6 +504,35 @@ impl Console {
                 "unknown frame type {other:?}"
             ))),
         }
+    }
+
+    async fn detail(&self, conversation: i64) -> Result<ConversationDetail, ApiError> {
+        self.state
+            .store
+            .get_conversation(&Scope::All, conversation)
+            .await?
+            .ok_or(ApiError::NotFound("conversation"))
+    }
+
+    /// An event of the conversation by this operator.
+    async fn operator_event(
+        &self,
+        conversation: i64,
+        kind: &str,
+        data: Value,
+    ) -> Result<(), ApiError> {
+        self.state
+            .store
+            .append_event(
+                conversation,
+                crate::now_ms(),
+                kind,
+                None,
+                Some(self.user.id),
+                &data,
+            )
+            .await?;
+        Ok(())
     }
 
     /// The conversation a frame names, which must be in this operator's hands.

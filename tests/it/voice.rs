@@ -156,7 +156,12 @@ async fn a_choice_of_a_queue_that_is_closed_now_plays_the_closed_message() {
         ("queues.anagrafe.schedule", json!("never")),
     ])
     .await;
-    let output = sipp(app.sip_addr, "call_dtmf_closed.xml", &["-s", "0612345678"]).await;
+    let output = sipp(
+        app.sip_addr,
+        "call_dtmf_until_bye.xml",
+        &["-s", "0612345678"],
+    )
+    .await;
     assert_sipp_ok(&output, "the caller, who gets BYE");
     assert!(conversation(&app, 1).await.is_none(), "nothing was queued");
 }
@@ -588,4 +593,97 @@ async fn the_operator_holds_the_caller_with_music_and_resumes() {
         "{events:?}"
     );
     assert_eq!(data(event(&events, "call_ended"))["cause"], "operator");
+}
+
+/// The operator's console sees the answered call as assigned.
+async fn assigned(console: &mut Ws) -> i64 {
+    let assigned = console.expect("assigned").await;
+    assigned["conversation"]["conversation"]["id"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("{assigned}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_holds_resumes_and_ends_a_call_and_both_sides_get_bye() {
+    let app = operators_app(20, 30).await;
+    let (anna, token) = operator(&app, "anna.voce", "2001", 6).await;
+    let phone = Phone::register(&app, anna, "2001", "u1", "phone_answer.xml").await;
+    let mut console = available(&app, &token).await;
+    let server = app.sip_addr;
+    let caller = tokio::spawn(async move {
+        sipp(server, "call_dtmf_until_bye.xml", &["-s", "0612345678"]).await
+    });
+    let conversation = assigned(&mut console).await;
+    phone.wait_for("answered").await;
+    // Hold from the console: music to the caller for a second, then resume.
+    console
+        .send(json!({"type": "hold", "conversation_id": conversation}))
+        .await;
+    events_until(&app, conversation, "call_held").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    console
+        .send(json!({"type": "resume", "conversation_id": conversation}))
+        .await;
+    let events = events_until(&app, conversation, "call_resumed").await;
+    assert_eq!(data(event(&events, "call_held"))["by"], "console");
+    let resumed = data(event(&events, "call_resumed"));
+    assert!(
+        resumed["music_packets"].as_u64().unwrap() >= 40,
+        "{resumed}"
+    );
+    assert_eq!(all(&events, "call_hold_requested").len(), 2, "{events:?}");
+    console
+        .send(json!({"type": "end", "conversation_id": conversation}))
+        .await;
+    let caller = caller.await.unwrap();
+    assert_sipp_ok(&caller, "the caller, who gets BYE");
+    phone.wait_for("bye received").await;
+    phone.hang_up_the_line().await;
+    let events = events_until(&app, conversation, "call_ended").await;
+    assert_eq!(data(event(&events, "call_ended"))["cause"], "console");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_transfers_a_call_to_a_colleague_whose_phone_takes_it_over() {
+    let app = operators_app(20, 30).await;
+    let (anna, anna_token) = operator(&app, "anna.voce", "2001", 9).await;
+    let (bruno, bruno_token) = operator(&app, "bruno.voce", "2002", 5).await;
+    let anna_phone = Phone::register(&app, anna, "2001", "u1", "phone_answer.xml").await;
+    let bruno_phone = Phone::register(&app, bruno, "2002", "u1", "phone_answer.xml").await;
+    let mut anna_console = available(&app, &anna_token).await;
+    let _bruno_console = available(&app, &bruno_token).await;
+    let server = app.sip_addr;
+    // The caller talks (g711a.pcap from 3.5 s) and hangs up at 8.5 s.
+    let caller =
+        tokio::spawn(
+            async move { sipp(server, "call_talk_hangup.xml", &["-s", "0612345678"]).await },
+        );
+    let id = assigned(&mut anna_console).await;
+    anna_phone.wait_for("answered").await;
+    anna_console
+        .send(json!({"type": "transfer", "conversation_id": id, "operator": bruno}))
+        .await;
+    // Anna's phone is hung up, Bruno's rings and answers.
+    anna_phone.wait_for("bye received").await;
+    bruno_phone.wait_for("answered").await;
+    let caller = caller.await.unwrap();
+    assert_sipp_ok(&caller, "the caller");
+    bruno_phone.wait_for("bye received").await;
+    anna_phone.hang_up_the_line().await;
+    bruno_phone.hang_up_the_line().await;
+    let events = events_until(&app, id, "completed").await;
+    let answered = all(&events, "call_answered");
+    assert_eq!(answered.len(), 2, "{events:?}");
+    assert_eq!(answered[0]["operator_id"], anna);
+    assert_eq!(answered[1]["operator_id"], bruno);
+    assert!(!all(&events, "call_transferred").is_empty(), "{events:?}");
+    let ended = data(event(&events, "call_ended"));
+    assert_eq!(ended["cause"], "caller", "{ended}");
+    // Bruno heard the caller after the transfer (echoed back to the caller).
+    assert!(
+        ended["relayed_to_caller"].as_u64().unwrap() >= 50,
+        "{ended}"
+    );
+    let conversation = conversation(&app, id).await.unwrap();
+    assert_eq!(conversation["operator_id"], bruno, "{conversation}");
 }
