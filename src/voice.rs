@@ -20,12 +20,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use ccu_channels::call::{
-    Call, CallConfig, CallInput, CallOutput, CallRecord, CallSetup, Device, OfferOutcome, SipLeg,
-    SipSend,
+    Call, CallConfig, CallInput, CallOutput, CallRecord, CallSetup, Device, HangupCause,
+    OfferOutcome, SipLeg, SipSend,
 };
 use ccu_channels::ivr::{Ivr, Opening};
 use ccu_channels::media::announce::QueueStatus;
-use ccu_channels::media::call::CallStreams;
+use ccu_channels::media::call::{CallHangup, CallStreams};
 use ccu_channels::media::player::PromptLibrary;
 use ccu_channels::media::relay::{Leg, StreamStart};
 use ccu_channels::sip::Uri;
@@ -47,6 +47,7 @@ use crate::app::AppState;
 use crate::bus::BusEvent;
 use crate::config::{Channel, ClosedAction, PortRange};
 use crate::hub::Arrival;
+use crate::store::ConversationState;
 
 /// What a call task hears.
 enum Msg {
@@ -69,6 +70,8 @@ enum Msg {
     Requeued,
     /// Hold (true) or resume from the console.
     Hold(bool),
+    /// The router dropped the waiting call: its queue closed.
+    QueueClosed,
     Position(QueueStatus),
     HangUp,
 }
@@ -340,6 +343,11 @@ impl Voice {
                     conversation_id,
                     hold,
                 } => (*conversation_id, Msg::Hold(*hold)),
+                BusEvent::RoutingNotice {
+                    conversation_id,
+                    kind,
+                    ..
+                } if kind == "queue_closed" => (*conversation_id, Msg::QueueClosed),
                 _ => continue,
             };
             let sender = lock(&self.0.conversations).deliver(conversation, msg);
@@ -622,6 +630,7 @@ impl Voice {
                         Msg::Requeued => context.requeue_if_bridged(&mut call, now),
                         Msg::Hold(true) => call.handle(now, CallInput::Hold),
                         Msg::Hold(false) => call.handle(now, CallInput::Unhold),
+                        Msg::QueueClosed => call.handle(now, CallInput::QueueClosed),
                         Msg::Position(status) => call.handle(now, CallInput::QueueStatus(status)),
                         Msg::HangUp => call.handle(now, CallInput::HangUp),
                     }
@@ -674,6 +683,24 @@ struct PendingEvent {
     kind: &'static str,
     operator: Option<i64>,
     data: serde_json::Value,
+}
+
+/// Calls by how they ended, and the relay's packets over the call
+/// (Prometheus counters; `/metrics`).
+fn export_call_metrics(cause: HangupCause, call: &Call) {
+    metrics::counter!("ccu_voice_calls_ended_total", "cause" => cause.as_str()).increment(1);
+    let Some(media) = call.media() else {
+        return;
+    };
+    let relay = media.relay();
+    for (leg, to) in [(Leg::A, "caller"), (Leg::B, "operator")] {
+        let stats = relay.stats(leg);
+        metrics::counter!("ccu_rtp_relayed_packets_total", "to" => to)
+            .increment(stats.relayed_packets);
+        metrics::counter!("ccu_rtp_local_packets_total", "to" => to).increment(stats.local_packets);
+        metrics::counter!("ccu_rtp_dropped_packets_total", "from" => to)
+            .increment(stats.dropped_total());
+    }
 }
 
 /// A call record as a conversation event: its kind, operator and data.
@@ -945,10 +972,34 @@ impl CallContext {
             }
             CallOutput::Ended { cause } => {
                 tracing::info!(conversation = ?self.conversation, cause = cause.as_str(), "call ended");
+                export_call_metrics(cause, call);
                 if let (Some(conversation), Some((_, operator)), true) =
                     (self.conversation, self.operator, self.answered)
                 {
                     let _ = shared.state.hub.complete(conversation, operator).await;
+                    shared.state.hub.announce_end(conversation, "voice").await;
+                } else if let (Some(conversation), HangupCause::Ivr(CallHangup::Closed)) =
+                    (self.conversation, cause)
+                {
+                    // The router dropped the waiting call when its queue
+                    // closed (a notice, no state change): the caller heard
+                    // the closed message; the conversation ends here.
+                    let closed = shared
+                        .state
+                        .store
+                        .transition(
+                            conversation,
+                            &[ConversationState::Queued, ConversationState::Offered],
+                            ConversationState::Closed,
+                            "closed",
+                            None,
+                            &serde_json::json!({ "reason": "queue_closed" }),
+                            crate::now_ms(),
+                        )
+                        .await;
+                    if let Err(error) = closed {
+                        tracing::warn!(conversation, "closing the conversation: {error}");
+                    }
                     shared.state.hub.announce_end(conversation, "voice").await;
                 }
             }

@@ -16,7 +16,7 @@ use ccu_channels::call::{
 };
 use ccu_channels::ivr::{Ivr, IvrConfig, Opening};
 use ccu_channels::media::announce::QueueStatus;
-use ccu_channels::media::call::{CallMediaConfig, CallStreams};
+use ccu_channels::media::call::{CallHangup, CallMediaConfig, CallStreams};
 use ccu_channels::media::dtmf::DtmfSender;
 use ccu_channels::media::player::PromptLibrary;
 use ccu_channels::media::relay::{Leg, StreamStart};
@@ -372,6 +372,16 @@ fn rtp_to(outputs: &[CallOutput], to_leg: Leg) -> Vec<&Vec<u8>> {
         .collect()
 }
 
+/// The trunk gets BYE, and the call's last output is its end with `cause`.
+#[track_caller]
+fn assert_caller_gets_bye_and_the_call_ends(outputs: &[CallOutput], cause: HangupCause) {
+    assert!(is_request(
+        sip_sends(outputs, SipLeg::Caller)[0],
+        Method::Bye
+    ));
+    assert_eq!(outputs.last(), Some(&CallOutput::Ended { cause }));
+}
+
 fn is_request(send: &SipSend, method: Method) -> bool {
     matches!(send, SipSend::Request(r) if r.method == method)
 }
@@ -458,16 +468,7 @@ fn a_caller_chooses_by_dtmf_waits_is_bridged_talks_and_the_operator_hangs_up() {
     h.sip(leg, DialogEvent::Request(&bye));
     let outputs = h.take();
     assert_eq!(response_status(sip_sends(&outputs, leg)[0]), Some(200));
-    assert!(is_request(
-        sip_sends(&outputs, SipLeg::Caller)[0],
-        Method::Bye
-    ));
-    assert_eq!(
-        outputs.last(),
-        Some(&CallOutput::Ended {
-            cause: HangupCause::Operator
-        })
-    );
+    assert_caller_gets_bye_and_the_call_ends(&outputs, HangupCause::Operator);
     // The record counts the relayed audio: 100 packets each way.
     assert!(outputs.contains(&CallOutput::Record(CallRecord::Hangup {
         cause: HangupCause::Operator,
@@ -556,6 +557,25 @@ fn a_busy_operator_sends_the_call_back_and_the_next_offer_rings_another_phone() 
         outcome: OfferOutcome::Accepted
     }));
     assert!(h.call.is_bridged());
+}
+
+#[test]
+fn a_queue_that_closes_while_the_caller_waits_plays_the_closed_message_and_hangs_up() {
+    let mut h = Harness::new();
+    h.sip(SipLeg::Caller, DialogEvent::Request(&from_trunk("ACK", 10)));
+    h.routed();
+    h.take();
+    h.input(CallInput::QueueClosed);
+    h.advance_to(h.now - h.t0 + Duration::from_secs(30));
+    let outputs = h.take();
+    assert!(!rtp_to(&outputs, Leg::A).is_empty(), "the closed prompts");
+    assert_caller_gets_bye_and_the_call_ends(&outputs, HangupCause::Ivr(CallHangup::Closed));
+    assert!(
+        !outputs
+            .iter()
+            .any(|o| matches!(o, CallOutput::Abandoned { .. })),
+        "not an abandon: {outputs:?}"
+    );
 }
 
 #[test]

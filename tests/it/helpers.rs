@@ -172,6 +172,18 @@ impl TestApp {
         start(dir, settings, token).await
     }
 
+    /// `GET /metrics` (served to loopback peers), as text.
+    pub async fn metrics(&self) -> String {
+        self.client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }

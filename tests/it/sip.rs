@@ -446,15 +446,7 @@ async fn options_are_answered_and_the_endpoint_shows_in_readyz_and_metrics() {
         .await
         .unwrap();
     assert_eq!(ready["sip_ok"], true, "{ready}");
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     let requests = metrics
         .lines()
         .find_map(|l| l.strip_prefix("ccu_sip_requests_received_total "))

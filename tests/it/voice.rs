@@ -403,6 +403,17 @@ async fn a_call_answered_by_the_operator_carries_audio_both_ways(transport: &str
     let to_caller = ended["relayed_to_caller"].as_u64().unwrap();
     assert!(to_phone >= 100, "{ended}");
     assert!(to_caller >= 100, "{ended}");
+    // The same counts reach /metrics (a process-wide registry: at least ours).
+    let metrics = app.metrics().await;
+    let counter = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in\n{metrics}"))
+    };
+    assert!(counter("ccu_rtp_relayed_packets_total{to=\"operator\"}") >= to_phone as f64);
+    assert!(counter("ccu_rtp_relayed_packets_total{to=\"caller\"}") >= to_caller as f64);
     let conversation = conversation(&app, 1).await.unwrap();
     assert_eq!(conversation["operator_id"], anna, "{conversation}");
     assert_eq!(conversation["state"], "closed", "{conversation}");
