@@ -81,6 +81,9 @@ struct Shared {
     sip: SipHandle,
     library: Arc<PromptLibrary>,
     ivr: Arc<Ivr>,
+    /// The menu tree started at another menu, for each number whose `ivr`
+    /// names one other than `ivr.start` (validated in config).
+    ivr_by_menu: HashMap<String, Arc<Ivr>>,
     /// Call-ID (the caller's and every phone leg's) → its call.
     calls: Mutex<HashMap<String, mpsc::Sender<Msg>>>,
     conversations: Mutex<Conversations>,
@@ -197,11 +200,20 @@ pub fn start(
         .voice
         .media_address
         .unwrap_or_else(|| settings.sip_addr.ip());
+    let mut ivr_by_menu = HashMap::new();
+    for menu in settings.sip.numbers.values().filter_map(|n| n.ivr.as_ref()) {
+        if *menu != ivr.start && ivr.menus.contains_key(menu) {
+            let mut started_there = ivr.clone();
+            started_there.start = menu.clone();
+            ivr_by_menu.insert(menu.clone(), Arc::new(started_there));
+        }
+    }
     let voice = Voice(Arc::new(Shared {
         state: state.clone(),
         sip,
         library: Arc::new(library),
         ivr: Arc::new(ivr),
+        ivr_by_menu,
         calls: Mutex::new(HashMap::new()),
         conversations: Mutex::new(Conversations::default()),
         ports,
@@ -474,13 +486,15 @@ impl Voice {
             opening: self.opening(&trunk.called.queue),
         };
         let caller_call_id = incoming.request.headers.call_id()?.to_owned();
-        let mut call = match Call::new(
-            Instant::now(),
-            config,
-            setup,
-            shared.library.clone(),
-            shared.ivr.clone(),
-        ) {
+        // The number's own menu answers first (`sip.numbers.N.ivr`).
+        let ivr = trunk
+            .called
+            .ivr
+            .as_ref()
+            .and_then(|menu| shared.ivr_by_menu.get(menu))
+            .unwrap_or(&shared.ivr)
+            .clone();
+        let mut call = match Call::new(Instant::now(), config, setup, shared.library.clone(), ivr) {
             Ok(call) => call,
             Err(response) => {
                 let _ = incoming.handle.respond(*response).await;

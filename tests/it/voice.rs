@@ -110,8 +110,28 @@ async fn an_invite_without_sdp_gets_an_offer_in_the_200_and_the_answer_in_the_ac
     presses_1_and_hangs_up("call_offerless.xml").await;
 }
 
+/// `sip.numbers.N.ivr` names the menu that answers: here the companies'
+/// menu, whose key 1 is the water and waste queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_number_answered_by_another_menu_routes_by_that_menus_keys() {
+    let app = calls_app_with(&[
+        (
+            "sip.numbers",
+            json!({ NUMBER: { "queue": "urp", "ivr": "aziende" } }),
+        ),
+        ("queues.acqua_rifiuti.schedule", json!("h24")),
+        ("queues.acqua_rifiuti.holidays", json!(false)),
+    ])
+    .await;
+    presses_1_and_hangs_up_with(&app, "call_dtmf_hangup.xml", "acqua_rifiuti").await;
+}
+
 async fn presses_1_and_hangs_up(scenario: &str) {
     let app = calls_app().await;
+    presses_1_and_hangs_up_with(&app, scenario, "anagrafe").await;
+}
+
+async fn presses_1_and_hangs_up_with(app: &TestApp, scenario: &str, queue: &str) {
     let output = sipp(app.sip_addr, scenario, &["-s", "0612345678"]).await;
     assert!(
         output.status.success(),
@@ -123,7 +143,7 @@ async fn presses_1_and_hangs_up(scenario: &str) {
     // The conversation was opened by the IVR's route and ended by the BYE.
     let mut last = None;
     for _ in 0..50 {
-        last = conversation(&app, 1).await;
+        last = conversation(app, 1).await;
         if last.as_ref().is_some_and(|c| c["state"] == "abandoned") {
             break;
         }
@@ -132,16 +152,24 @@ async fn presses_1_and_hangs_up(scenario: &str) {
     let conversation = last.expect("a conversation");
     assert_eq!(conversation["channel"], "voice", "{conversation}");
     assert_eq!(
-        conversation["queue_id"], "anagrafe",
+        conversation["queue_id"], queue,
         "the key 1 of the menu: {conversation}"
     );
     assert_eq!(conversation["state"], "abandoned", "{conversation}");
-    let events = events_until(&app, 1, "abandoned").await;
+    let events = events_until(app, 1, "call_ended").await;
     let started = data(event(&events, "call_started"));
     assert_eq!(started["caller"], "+393331234567", "{started}");
     assert_eq!(started["called"], NUMBER, "{started}");
     assert_eq!(started["trunk"], "carrier", "{started}");
-    assert_eq!(data(event(&events, "call_ivr"))["path"], json!(["main:1"]));
+    let menu = if queue == "anagrafe" {
+        "main"
+    } else {
+        "aziende"
+    };
+    assert_eq!(
+        data(event(&events, "call_ivr"))["path"],
+        json!([format!("{menu}:1")])
+    );
     assert_eq!(data(event(&events, "call_ended"))["cause"], "caller");
 }
 
@@ -342,7 +370,7 @@ impl Phone {
 }
 
 /// The conversation's events, once one of kind `until` is stored (10 s at most):
-/// `completed` or `abandoned` come after the call's own `call_ended`.
+/// `completed` comes after the call's own `call_ended`, `abandoned` before it.
 async fn events_until(app: &TestApp, id: i64, until: &str) -> Vec<Value> {
     let mut last = Value::Null;
     for _ in 0..100 {
@@ -508,7 +536,7 @@ async fn a_caller_who_hangs_up_while_the_phone_rings_has_the_phone_cancelled() {
     // CANCEL, 200 to it, 487 to the INVITE and its ACK: RFC 3261 §9.
     phone.wait_for("cancelled").await;
     phone.hang_up_the_line().await;
-    let events = events_until(&app, 1, "abandoned").await;
+    let events = events_until(&app, 1, "call_ended").await;
     let not_answered = event(&events, "call_not_answered");
     assert_eq!(data(not_answered)["reason"], "caller_left", "{events:?}");
     assert_eq!(data(event(&events, "call_ended"))["cause"], "caller");
