@@ -11,9 +11,8 @@
 
 use std::marker::PhantomData;
 
-use argon2::Argon2;
-use argon2::password_hash::phc::PasswordHash;
-use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+use argon2::password_hash::phc::{Output, ParamsString, PasswordHash, Salt};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 use axum::extract::FromRequestParts;
 use axum::http::header::{AUTHORIZATION, COOKIE};
 use axum::http::request::Parts;
@@ -36,21 +35,103 @@ pub enum PasswordError {
 /// Hashes with argon2id and the crate's default (OWASP-recommended)
 /// parameters. CPU-heavy on purpose: run it on the [`PasswordPool`].
 pub fn hash_password(password: &str) -> Result<String, PasswordError> {
-    Argon2::default()
-        .hash_password(password.as_bytes())
-        .map(|hash| hash.to_string())
-        .map_err(|e| PasswordError::Hash(e.to_string()))
+    let fail = |e: &dyn std::fmt::Display| PasswordError::Hash(e.to_string());
+    let mut salt = [0_u8; 16];
+    getrandom::fill(&mut salt).map_err(|e| fail(&e))?;
+    let params = Params::default();
+    let mut out = [0_u8; Params::DEFAULT_OUTPUT_LEN];
+    argon2_into(
+        Algorithm::Argon2id,
+        Version::V0x13,
+        params.clone(),
+        password.as_bytes(),
+        &salt,
+        &mut out,
+    )
+    .map_err(|e| fail(&e))?;
+    let hash = PasswordHash {
+        algorithm: Algorithm::Argon2id.ident(),
+        version: Some(Version::V0x13.into()),
+        params: ParamsString::try_from(&params).map_err(|e| fail(&e))?,
+        salt: Some(Salt::new(&salt).map_err(|e| fail(&e))?),
+        hash: Some(Output::new(&out).map_err(|e| fail(&e))?),
+    };
+    Ok(hash.to_string())
 }
 
 /// Constant-time verification against a stored PHC string; a malformed
 /// stored hash verifies nothing.
 pub fn verify_password(password: &str, stored: &str) -> bool {
-    match PasswordHash::new(stored) {
-        Ok(hash) => Argon2::default()
-            .verify_password(password.as_bytes(), &hash)
-            .is_ok(),
-        Err(_) => false,
+    let Ok(hash) = PasswordHash::new(stored) else {
+        return false;
+    };
+    let (Some(salt), Some(expected)) = (&hash.salt, &hash.hash) else {
+        return false;
+    };
+    let Ok(algorithm) = Algorithm::try_from(hash.algorithm.as_str()) else {
+        return false;
+    };
+    let version = match hash.version.map(Version::try_from) {
+        None => Version::default(),
+        Some(Ok(version)) => version,
+        Some(Err(_)) => return false,
+    };
+    let Ok(params) = Params::try_from(&hash) else {
+        return false;
+    };
+    let mut out = vec![0_u8; expected.len()];
+    if argon2_into(
+        algorithm,
+        version,
+        params,
+        password.as_bytes(),
+        salt,
+        &mut out,
+    )
+    .is_err()
+    {
+        return false;
     }
+    // `Output`'s equality is constant-time.
+    Output::new(&out).is_ok_and(|computed| computed == *expected)
+}
+
+/// Stored hashes asking for more memory than this (256 MiB) verify nothing.
+const MAX_ARGON2_BLOCKS: usize = 256 * 1024;
+
+thread_local! {
+    /// argon2's working memory (19 MiB with the default parameters), kept
+    /// per thread and reused. Allocating it per hash made glibc raise its
+    /// mmap threshold after the first free and then serve every later block
+    /// from the heap, which it kept: a burst of logins left hundreds of MiB
+    /// of RSS behind (docs/performance.md). With the [`PasswordPool`]'s few
+    /// threads the memory is bounded at threads x 19 MiB.
+    static ARGON2_MEMORY: std::cell::RefCell<Vec<Block>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn argon2_into(
+    algorithm: Algorithm,
+    version: Version,
+    params: Params,
+    password: &[u8],
+    salt: &[u8],
+    out: &mut [u8],
+) -> Result<(), argon2::Error> {
+    let blocks = params.block_count();
+    if blocks > MAX_ARGON2_BLOCKS {
+        return Err(argon2::Error::MemoryTooMuch);
+    }
+    let argon2 = Argon2::new(algorithm, version, params);
+    ARGON2_MEMORY.with(|memory| {
+        let mut memory = memory.borrow_mut();
+        if memory.len() < blocks {
+            memory.resize(blocks, Block::default());
+        }
+        let memory = memory
+            .get_mut(..blocks)
+            .ok_or(argon2::Error::MemoryTooLittle)?;
+        argon2.hash_password_into_with_memory(password, salt, out, memory)
+    })
 }
 
 /// A few dedicated threads for argon2. Each hash takes ~19 MiB; run on
@@ -252,6 +333,39 @@ mod tests {
         assert!(verify_password("corretto cavallo batteria", &hash));
         assert!(!verify_password("corretto cavallo batterie", &hash));
         assert!(!verify_password("anything", "not a phc string"));
+    }
+
+    /// Hashes stored before the reusable memory (by the crate's own
+    /// `PasswordHasher`, any parameters) still verify, and ours verify with it.
+    #[test]
+    fn hashes_agree_with_the_argon2_crates_own_hasher() {
+        use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+        let password = "corretto cavallo batteria";
+        let theirs = Argon2::default()
+            .hash_password(password.as_bytes())
+            .unwrap()
+            .to_string();
+        assert!(verify_password(password, &theirs));
+        assert!(!verify_password("sbagliata", &theirs));
+        let small = Argon2::new(
+            Algorithm::Argon2id,
+            Version::V0x13,
+            Params::new(4096, 1, 1, None).unwrap(),
+        )
+        .hash_password(password.as_bytes())
+        .unwrap()
+        .to_string();
+        assert!(verify_password(password, &small));
+        let ours = hash_password(password).unwrap();
+        let parsed = PasswordHash::new(&ours).unwrap();
+        assert!(
+            Argon2::default()
+                .verify_password(password.as_bytes(), &parsed)
+                .is_ok()
+        );
+        // A stored hash asking for 1 GiB of memory verifies nothing.
+        let greedy = small.replace("m=4096", "m=1048576");
+        assert!(!verify_password(password, &greedy));
     }
 
     #[test]

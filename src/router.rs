@@ -38,7 +38,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::bus::{Bus, BusEvent};
 use crate::config::{Channel, ClosedAction, MaxWaitAction, Settings};
-use crate::store::{ConversationState, Role, Store, StoreError, User};
+use crate::store::{
+    ConversationState, Role, RoutingOutcome, RoutingWrite, Store, StoreError, User,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RouterError {
@@ -470,8 +472,6 @@ struct Actor {
     ids: std::sync::Arc<IdMap>,
     store: Store,
     bus: Bus,
-    /// Engine offer -> its row in `offers`.
-    offer_rows: HashMap<OfferId, i64>,
     /// Conversation -> its accepted/open offer, to settle on assign or requeue.
     open_offer: HashMap<ConversationId, OfferId>,
 }
@@ -580,7 +580,6 @@ pub async fn start(
         ids: ids.clone(),
         store,
         bus,
-        offer_rows: HashMap::new(),
         open_offer: HashMap::new(),
     };
     tokio::spawn(actor.run(rx, shutdown));
@@ -613,6 +612,14 @@ impl Actor {
                 message = rx.recv() => {
                     let Some(message) = message else { return };
                     self.receive(message).await;
+                    // Take what else is waiting, so that one run (one
+                    // commit) carries the whole burst's commands.
+                    for _ in 0..255 {
+                        match rx.try_recv() {
+                            Ok(message) => self.receive(message).await,
+                            Err(_) => break,
+                        }
+                    }
                 }
             }
             self.execute_pending().await;
@@ -694,16 +701,158 @@ impl Actor {
         Ok(())
     }
 
+    /// Executes what the engine decided. Offers, their outcomes,
+    /// assignments, requeues and wrap-up starts (the commands of every
+    /// routing turn) are written in runs, one transaction per run
+    /// ([`Store::routing_batch`]); the rest one by one. Order is kept: a run
+    /// is committed before the next other command, and every command's bus
+    /// events go out after its writes are durable.
     async fn execute_pending(&mut self) {
+        let now_ms = crate::now_ms();
+        let mut run: Vec<(Command, Vec<RoutingWrite>)> = Vec::new();
         while let Some(command) = self.engine.poll() {
+            if let Some(writes) = self.plan(&command, now_ms) {
+                run.push((command, writes));
+                continue;
+            }
+            self.execute_run(std::mem::take(&mut run)).await;
             if let Err(err) = self.execute(command.clone()).await {
                 tracing::error!(%err, ?command, "executing a routing command failed");
             }
         }
+        self.execute_run(run).await;
     }
 
-    async fn execute(&mut self, command: Command) -> Result<(), RouterError> {
-        let now_ms = crate::now_ms();
+    /// The writes of a command that goes in a run; `None` for the others.
+    fn plan(&mut self, command: &Command, now_ms: i64) -> Option<Vec<RoutingWrite>> {
+        let writes = match command {
+            Command::Offer {
+                offer,
+                conversation,
+                operator,
+                queue,
+                expires_at,
+                ..
+            } => {
+                self.open_offer.insert(*conversation, *offer);
+                vec![RoutingWrite::Offer {
+                    conversation_id: conversation_id(*conversation),
+                    operator_id: user_id(*operator),
+                    queue_id: self.ids.queue_name(*queue).to_owned(),
+                    offered_at: now_ms,
+                    expires_at: expires_at.as_millis(),
+                    router_offer_id: offer_number(*offer),
+                }]
+            }
+            Command::Withdraw {
+                offer,
+                conversation,
+                ..
+            } => vec![self.settle(*offer, *conversation, "withdrawn", now_ms)],
+            Command::Assign {
+                conversation,
+                operator,
+                ..
+            } => {
+                let mut writes = Vec::with_capacity(2);
+                if let Some(offer) = self.open_offer.get(conversation).copied() {
+                    writes.push(self.settle(offer, *conversation, "accepted", now_ms));
+                }
+                writes.push(RoutingWrite::Assign {
+                    conversation_id: conversation_id(*conversation),
+                    operator_id: user_id(*operator),
+                    now: now_ms,
+                });
+                writes
+            }
+            Command::Requeued {
+                conversation,
+                reason,
+                ..
+            } => {
+                let outcome = requeue_outcome(*reason);
+                let mut writes = Vec::with_capacity(2);
+                if let Some(offer) = self.open_offer.get(conversation).copied() {
+                    writes.push(self.settle(offer, *conversation, outcome, now_ms));
+                }
+                writes.push(RoutingWrite::Transition {
+                    conversation_id: conversation_id(*conversation),
+                    from: vec![ConversationState::Offered, ConversationState::Assigned],
+                    to: ConversationState::Queued,
+                    kind: "requeued".into(),
+                    operator_id: None,
+                    data: serde_json::json!({ "reason": outcome }),
+                    now: now_ms,
+                });
+                writes
+            }
+            Command::WrapUpStarted {
+                operator,
+                conversation,
+                until,
+            } => vec![RoutingWrite::Transition {
+                conversation_id: conversation_id(*conversation),
+                from: vec![ConversationState::Assigned],
+                to: ConversationState::WrapUp,
+                kind: "wrap_up_started".into(),
+                operator_id: Some(user_id(*operator)),
+                data: serde_json::json!({ "until": until.as_millis() }),
+                now: now_ms,
+            }],
+            // No write; in the run so that its event keeps its place.
+            Command::Announce { .. } => Vec::new(),
+            _ => return None,
+        };
+        Some(writes)
+    }
+
+    /// Commits a run in one transaction, then announces each command. If
+    /// the run fails as a whole, each command is tried on its own, so one
+    /// bad write does not take the others with it.
+    async fn execute_run(&mut self, run: Vec<(Command, Vec<RoutingWrite>)>) {
+        if run.is_empty() {
+            return;
+        }
+        let writes: Vec<RoutingWrite> = run.iter().flat_map(|(_, w)| w.iter().cloned()).collect();
+        let batch = if writes.is_empty() {
+            Ok(Vec::new())
+        } else {
+            self.store.routing_batch(&writes).await
+        };
+        match batch {
+            Ok(outcomes) => {
+                let mut rest = outcomes.as_slice();
+                for (command, writes) in run {
+                    let (mine, tail) = rest.split_at(writes.len().min(rest.len()));
+                    rest = tail;
+                    self.announce(command, mine).await;
+                }
+            }
+            Err(err) => {
+                tracing::warn!(%err, commands = run.len(), "a routing run failed; writing its commands one by one");
+                for (command, writes) in run {
+                    let outcome = if writes.is_empty() {
+                        Ok(Vec::new())
+                    } else {
+                        self.store.routing_batch(&writes).await
+                    };
+                    match outcome {
+                        Ok(outcomes) => self.announce(command, &outcomes).await,
+                        Err(err) => {
+                            tracing::error!(%err, ?command, "executing a routing command failed");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// After a run's commit: metrics and bus events of one of its commands.
+    async fn announce(&self, command: Command, outcomes: &[RoutingOutcome]) {
+        let moved = outcomes.iter().rev().find_map(|o| match o {
+            RoutingOutcome::Moved(org) => Some(org.clone()),
+            _ => None,
+        });
         match command {
             Command::Offer {
                 offer,
@@ -715,19 +864,6 @@ impl Actor {
                 callback,
             } => {
                 let queue_name = self.ids.queue_name(queue).to_owned();
-                let row = self
-                    .store
-                    .insert_offer(
-                        conversation_id(conversation),
-                        user_id(operator),
-                        &queue_name,
-                        now_ms,
-                        expires_at.as_millis(),
-                        i64::try_from(offer.0).unwrap_or(i64::MAX),
-                    )
-                    .await?;
-                self.offer_rows.insert(offer, row);
-                self.open_offer.insert(conversation, offer);
                 metrics::counter!("ccu_offers_total", "queue" => queue_name.clone()).increment(1);
                 self.publish(BusEvent::OfferMade {
                     offer_id: offer.0,
@@ -746,8 +882,6 @@ impl Actor {
                 operator,
                 reason,
             } => {
-                self.settle(offer, conversation, "withdrawn", now_ms)
-                    .await?;
                 self.publish(BusEvent::OfferWithdrawn {
                     offer_id: offer.0,
                     conversation_id: conversation_id(conversation),
@@ -762,51 +896,52 @@ impl Actor {
                 queue,
                 waited_ms,
             } => {
-                if let Some(offer) = self.open_offer.get(&conversation).copied() {
-                    self.settle(offer, conversation, "accepted", now_ms).await?;
-                }
                 let id = conversation_id(conversation);
-                let assigned = self
-                    .store
-                    .assign_conversation(id, user_id(operator), now_ms)
-                    .await?;
-                if !assigned {
+                let Some(Some(organization_id)) = moved else {
                     // The store's compare-and-set refused: it was assigned already.
                     tracing::error!(conversation = id, "refused a second assignment");
-                    return Ok(());
-                }
+                    return;
+                };
                 metrics::histogram!("ccu_wait_seconds", "queue" => self.ids.queue_name(queue).to_owned())
                     .record(waited_ms as f64 / 1000.0);
-                self.changed(id, "assigned", Some(user_id(operator)))
-                    .await?;
+                self.publish_changed(id, organization_id, "assigned", Some(user_id(operator)))
+                    .await;
             }
-            Command::Requeued {
-                conversation,
-                queue: _,
-                reason,
-            } => {
-                let outcome = match reason {
-                    RequeueReason::Rejected => "declined",
-                    RequeueReason::Missed => "missed",
-                    RequeueReason::OperatorUnavailable => "withdrawn",
-                };
-                if let Some(offer) = self.open_offer.get(&conversation).copied() {
-                    self.settle(offer, conversation, outcome, now_ms).await?;
-                }
+            Command::Requeued { conversation, .. } => {
                 let id = conversation_id(conversation);
-                self.store
-                    .transition(
-                        id,
-                        &[ConversationState::Offered, ConversationState::Assigned],
-                        ConversationState::Queued,
-                        "requeued",
-                        None,
-                        &serde_json::json!({ "reason": outcome }),
-                        now_ms,
-                    )
-                    .await?;
-                self.changed(id, "queued", None).await?;
+                self.changed_with(id, moved.flatten(), "queued", None).await;
             }
+            Command::WrapUpStarted {
+                operator,
+                conversation,
+                ..
+            } => {
+                let id = conversation_id(conversation);
+                self.changed_with(id, moved.flatten(), "wrap_up", Some(user_id(operator)))
+                    .await;
+            }
+            Command::Announce {
+                conversation,
+                queue,
+                position,
+                estimated_wait_secs,
+            } => {
+                self.publish(BusEvent::Position {
+                    conversation_id: conversation_id(conversation),
+                    queue_id: self.ids.queue_name(queue).to_owned(),
+                    position,
+                    estimated_wait_seconds: estimated_wait_secs,
+                })
+                .await;
+            }
+            _ => {}
+        }
+    }
+
+    /// The commands [`Actor::plan`] leaves out, one by one.
+    async fn execute(&mut self, command: Command) -> Result<(), RouterError> {
+        let now_ms = crate::now_ms();
+        match command {
             Command::Overflow {
                 conversation,
                 from,
@@ -834,20 +969,6 @@ impl Actor {
                     )
                     .await?;
                 self.changed(id, "queued", None).await?;
-            }
-            Command::Announce {
-                conversation,
-                queue,
-                position,
-                estimated_wait_secs,
-            } => {
-                self.publish(BusEvent::Position {
-                    conversation_id: conversation_id(conversation),
-                    queue_id: self.ids.queue_name(queue).to_owned(),
-                    position,
-                    estimated_wait_seconds: estimated_wait_secs,
-                })
-                .await;
             }
             Command::MaxWaitReached {
                 conversation,
@@ -887,25 +1008,6 @@ impl Actor {
                 self.publish(BusEvent::OperatorChanged { user_id: user })
                     .await;
             }
-            Command::WrapUpStarted {
-                operator,
-                conversation,
-                until,
-            } => {
-                let id = conversation_id(conversation);
-                self.store
-                    .transition(
-                        id,
-                        &[ConversationState::Assigned],
-                        ConversationState::WrapUp,
-                        "wrap_up_started",
-                        Some(user_id(operator)),
-                        &serde_json::json!({ "until": until.as_millis() }),
-                        now_ms,
-                    )
-                    .await?;
-                self.changed(id, "wrap_up", Some(user_id(operator))).await?;
-            }
             Command::WrapUpEnded {
                 operator,
                 conversation,
@@ -931,24 +1033,33 @@ impl Actor {
                     .await?;
                 self.changed(id, "closed", Some(user_id(operator))).await?;
             }
+            batched => {
+                // Planned commands never come here; if one does, it runs alone.
+                let writes = self.plan(&batched, now_ms).unwrap_or_default();
+                self.execute_run(vec![(batched, writes)]).await;
+            }
         }
         Ok(())
     }
 
-    async fn settle(
+    /// Settles an offer in the actor's books; the returned write settles
+    /// its row.
+    fn settle(
         &mut self,
         offer: OfferId,
         conversation: ConversationId,
         outcome: &str,
         now_ms: i64,
-    ) -> Result<(), RouterError> {
-        if let Some(row) = self.offer_rows.remove(&offer) {
-            self.store.close_offer(row, outcome, now_ms).await?;
-        }
+    ) -> RoutingWrite {
         if self.open_offer.get(&conversation) == Some(&offer) {
             self.open_offer.remove(&conversation);
         }
-        Ok(())
+        RoutingWrite::CloseOffer {
+            conversation_id: conversation_id(conversation),
+            router_offer_id: offer_number(offer),
+            outcome: outcome.to_owned(),
+            now: now_ms,
+        }
     }
 
     /// A rule fired that the channel must render (maximum wait, queue
@@ -989,10 +1100,41 @@ impl Actor {
     ) -> Result<(), RouterError> {
         let organization_id = self
             .store
-            .get_conversation(&crate::store::Scope::All, id)
+            .conversation_organization(id)
             .await?
-            .map(|d| d.conversation.organization_id)
             .unwrap_or_default();
+        self.publish_changed(id, organization_id, state, operator)
+            .await;
+        Ok(())
+    }
+
+    /// [`Actor::changed`] with the organization when a write returned it.
+    async fn changed_with(
+        &self,
+        id: i64,
+        organization_id: Option<String>,
+        state: &str,
+        operator: Option<i64>,
+    ) {
+        let result = match organization_id {
+            Some(org) => {
+                self.publish_changed(id, org, state, operator).await;
+                Ok(())
+            }
+            None => self.changed(id, state, operator).await,
+        };
+        if let Err(err) = result {
+            tracing::warn!(%err, conversation = id, "announcing a change failed");
+        }
+    }
+
+    async fn publish_changed(
+        &self,
+        id: i64,
+        organization_id: String,
+        state: &str,
+        operator: Option<i64>,
+    ) {
         self.publish(BusEvent::ConversationChanged {
             conversation_id: id,
             organization_id,
@@ -1000,7 +1142,6 @@ impl Actor {
             operator_id: operator,
         })
         .await;
-        Ok(())
     }
 
     async fn publish(&self, event: BusEvent) {
@@ -1008,6 +1149,18 @@ impl Actor {
             // The store has it; consoles resynchronise from there.
             tracing::warn!(%err, "publishing a routing event failed");
         }
+    }
+}
+
+fn offer_number(offer: OfferId) -> i64 {
+    i64::try_from(offer.0).unwrap_or(i64::MAX)
+}
+
+fn requeue_outcome(reason: RequeueReason) -> &'static str {
+    match reason {
+        RequeueReason::Rejected => "declined",
+        RequeueReason::Missed => "missed",
+        RequeueReason::OperatorUnavailable => "withdrawn",
     }
 }
 

@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 
 use ccu::store::{
-    ConversationFilter, ConversationState, Direction, NewUser, Role, Scope, Store, StoreError,
-    UserChanges,
+    ConversationFilter, ConversationState, Direction, NewUser, Role, RoutingOutcome, RoutingWrite,
+    Scope, Store, StoreError, UserChanges,
 };
 
 use crate::helpers::*;
@@ -415,4 +415,72 @@ async fn a_batch_with_a_bad_message_stores_nothing_of_it() {
             .is_empty(),
         "one transaction"
     );
+}
+
+/// The router's run: offer, accept, assign and a refused move in one
+/// transaction, outcomes in order; a second run's assignment of the same
+/// conversation is refused by the compare-and-set.
+#[tokio::test]
+async fn a_routing_run_writes_in_order_and_assigns_at_most_once() {
+    let t = test_store().await;
+    let op = t
+        .store
+        .create_user(&new_user("primo", "comune"), 1)
+        .await
+        .unwrap();
+    let c = create_conversation(&t.store, &t.settings, "urp").await;
+    let offer = RoutingWrite::Offer {
+        conversation_id: c.id,
+        operator_id: op.id,
+        queue_id: "urp".into(),
+        offered_at: 10,
+        expires_at: 30_010,
+        router_offer_id: 7,
+    };
+    let close = RoutingWrite::CloseOffer {
+        conversation_id: c.id,
+        router_offer_id: 7,
+        outcome: "accepted".into(),
+        now: 20,
+    };
+    let assign = RoutingWrite::Assign {
+        conversation_id: c.id,
+        operator_id: op.id,
+        now: 20,
+    };
+    // Not in wrap-up: the guard refuses, and the run goes on.
+    let refused = RoutingWrite::Transition {
+        conversation_id: c.id,
+        from: vec![ConversationState::WrapUp],
+        to: ConversationState::Closed,
+        kind: "wrap_up_ended".into(),
+        operator_id: Some(op.id),
+        data: serde_json::json!({}),
+        now: 21,
+    };
+    let outcomes = t
+        .store
+        .routing_batch(&[offer, close, assign.clone(), refused])
+        .await
+        .unwrap();
+    assert_eq!(outcomes.len(), 4);
+    assert!(matches!(outcomes[0], RoutingOutcome::Offer(id) if id > 0));
+    assert_eq!(outcomes[1], RoutingOutcome::Done);
+    assert_eq!(outcomes[2], RoutingOutcome::Moved(Some("comune".into())));
+    assert_eq!(outcomes[3], RoutingOutcome::Moved(None));
+    assert_eq!(
+        t.store.routing_batch(&[assign]).await.unwrap(),
+        vec![RoutingOutcome::Moved(None)],
+        "assigned once"
+    );
+    assert!(t.store.open_offers_for(op.id).await.unwrap().is_empty());
+    let detail = t
+        .store
+        .get_conversation(&Scope::All, c.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(detail.conversation.state, ConversationState::Assigned);
+    let kinds: Vec<&str> = detail.events.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(kinds, ["queued", "offered", "assigned"]);
 }
