@@ -502,12 +502,20 @@ pub async fn start(
     for user in users.iter().filter(|u| u.active) {
         engine.upsert_operator(operator_profile(settings, &ids, user))?;
     }
-    let stored_presence: HashMap<i64, String> = store.presences().await?.into_iter().collect();
+    let stored_presence: HashMap<i64, (String, i64)> = store
+        .presences()
+        .await?
+        .into_iter()
+        .map(|(user, presence, at)| (user, (presence, at)))
+        .collect();
+    let mut presence_since = Vec::new();
     let presences = users
         .iter()
         .filter(|u| u.active && u.role >= Role::Operator)
         .filter_map(|u| {
-            let presence: Presence = serde_json::from_str(stored_presence.get(&u.id)?).ok()?;
+            let (json, at) = stored_presence.get(&u.id)?;
+            let presence: Presence = serde_json::from_str(json).ok()?;
+            presence_since.push((OperatorId(user_key(u.id)), Timestamp::from_millis(*at)));
             Some((OperatorId(user_key(u.id)), presence))
         })
         .collect();
@@ -568,6 +576,9 @@ pub async fn start(
     }
     let waiting = restored.len();
     engine.restore(Timestamp::from_millis(now_ms), presences, restored)?;
+    for (operator, since) in presence_since {
+        engine.restore_presence_since(operator, since)?;
+    }
     tracing::info!(
         conversations = waiting,
         "router restored its state from the store"

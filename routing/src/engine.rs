@@ -1974,6 +1974,21 @@ impl Engine {
         all.iter().filter_map(|c| self.conversation(c.id)).collect()
     }
 
+    /// After [`Engine::restore`]: since when a restored operator has been in
+    /// their presence (the store's last change of it), so the dashboard's
+    /// time in presence survives a restart. A time in the future is taken
+    /// as now.
+    pub fn restore_presence_since(
+        &mut self,
+        id: OperatorId,
+        since: Timestamp,
+    ) -> Result<(), RoutingError> {
+        let oi = self.op(id)?;
+        let now = self.now;
+        self.ops[oi as usize].presence_since = since.0.min(now);
+        Ok(())
+    }
+
     /// An operator's view.
     pub fn operator(&self, id: OperatorId) -> Option<OperatorView> {
         let op = &self.ops[*self.op_index.get(&id)? as usize];

@@ -1158,3 +1158,28 @@ fn the_operator_view_tells_since_when_the_presence_holds_and_when_wrap_up_ends()
         "the wrap-up ended by itself at 50 s"
     );
 }
+
+#[test]
+fn a_restored_operator_keeps_the_time_their_presence_began() {
+    let mut w = World::new();
+    w.queue(QueueConfig::new(QueueId(1), OrgId(1), vec![skill(1, 1)]));
+    w.at(100.0);
+    w.simple_operator(10, &[(1, 5)]);
+    w.engine
+        .restore_presence_since(OperatorId(10), Timestamp(T0_MS + 40_000))
+        .unwrap();
+    let view = w.engine.operator(OperatorId(10)).unwrap();
+    assert_eq!(view.presence_since, Timestamp(T0_MS + 40_000));
+    // A stored time after now (a clock step back) is taken as now.
+    w.engine
+        .restore_presence_since(OperatorId(10), Timestamp(T0_MS + 500_000))
+        .unwrap();
+    let view = w.engine.operator(OperatorId(10)).unwrap();
+    assert_eq!(view.presence_since, w.now);
+    assert!(
+        w.engine
+            .restore_presence_since(OperatorId(99), Timestamp(T0_MS))
+            .is_err(),
+        "an unknown operator is refused"
+    );
+}

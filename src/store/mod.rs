@@ -1156,16 +1156,19 @@ impl Store {
     /// Stores the presence an operator declared (JSON of the engine's type).
     pub async fn set_presence(&self, user_id: i64, presence: &str, now: i64) -> Result<()> {
         let sql = "INSERT INTO operator_presence (user_id, presence, updated_at) VALUES ($1, $2, $3) \
-                   ON CONFLICT (user_id) DO UPDATE SET presence = excluded.presence, updated_at = excluded.updated_at";
+                   ON CONFLICT (user_id) DO UPDATE SET presence = excluded.presence, \
+                   updated_at = CASE WHEN operator_presence.presence = excluded.presence \
+                   THEN operator_presence.updated_at ELSE excluded.updated_at END";
         with_pool!(self, pool => {
             sqlx::query(sql).bind(user_id).bind(presence).bind(now).execute(pool).await?;
         });
         Ok(())
     }
 
-    /// Every stored presence: (user id, presence JSON).
-    pub async fn presences(&self) -> Result<Vec<(i64, String)>> {
-        let sql = "SELECT user_id, presence FROM operator_presence ORDER BY user_id";
+    /// Every stored presence: (user id, presence JSON, when it last changed).
+    /// Setting the same presence again keeps its time.
+    pub async fn presences(&self) -> Result<Vec<(i64, String, i64)>> {
+        let sql = "SELECT user_id, presence, updated_at FROM operator_presence ORDER BY user_id";
         let rows = with_pool!(self, pool => sqlx::query_as(sql).fetch_all(pool).await?);
         Ok(rows)
     }

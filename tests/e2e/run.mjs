@@ -235,6 +235,7 @@ async function main() {
     await sup.click(`tr[data-operator="${opId}"] .force-form button`);
     await until(op, 'the console shows the forced break', () => document.querySelector('#presence-badge').dataset.presence === 'break');
     await until(sup, 'the dashboard shows the break', (id) => document.querySelector(`tr[data-operator="${id}"] [data-presence]`)?.dataset.presence === 'break', opId);
+    await until(sup, 'the dashboard tells how long the break has lasted', (id) => /\d/.test(document.querySelector(`tr[data-operator="${id}"] [data-field="since"]`)?.textContent ?? ''), opId);
 
     log('the dashboard switches to English');
     await sup.selectOption('#lang', 'en');

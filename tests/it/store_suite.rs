@@ -484,3 +484,32 @@ async fn a_routing_run_writes_in_order_and_assigns_at_most_once() {
     let kinds: Vec<&str> = detail.events.iter().map(|e| e.kind.as_str()).collect();
     assert_eq!(kinds, ["queued", "offered", "assigned"]);
 }
+
+/// The stored presence remembers when it last changed: setting the same
+/// one again (a console reconnecting) keeps the time, so the router can
+/// restore the dashboard's time in presence after a restart.
+#[tokio::test]
+async fn a_presence_set_again_keeps_the_time_it_began() {
+    let t = test_store().await;
+    let op = t
+        .store
+        .create_user(&new_user("primo", "comune"), 1)
+        .await
+        .unwrap();
+    t.store
+        .set_presence(op.id, "\"available\"", 100)
+        .await
+        .unwrap();
+    t.store
+        .set_presence(op.id, "\"available\"", 200)
+        .await
+        .unwrap();
+    let stored = t.store.presences().await.unwrap();
+    assert_eq!(stored, vec![(op.id, "\"available\"".to_owned(), 100)]);
+    t.store
+        .set_presence(op.id, "\"offline\"", 300)
+        .await
+        .unwrap();
+    let stored = t.store.presences().await.unwrap();
+    assert_eq!(stored, vec![(op.id, "\"offline\"".to_owned(), 300)]);
+}
