@@ -1432,7 +1432,12 @@ impl Engine {
                     Some(hours) => hours.is_open(Timestamp(now).to_utc()),
                     None => true,
                 };
-                if !open && q.config.closed_action != ClosedAction::Queue {
+                // E-mail and web forms wait for the opening whatever the
+                // closed action says: that action is an answer to someone
+                // on the line or in the chat now (a message, the web form,
+                // voicemail), while an asynchronous request dropped here
+                // would stay unanswered in the store.
+                if !open && q.config.closed_action != ClosedAction::Queue && channel.is_live() {
                     q.counters.record(now, window, Sample::Closed);
                     self.out.push_back(Command::QueueClosed {
                         conversation,
@@ -1852,6 +1857,10 @@ impl Engine {
                     let window = self.window_ms();
                     for ci in lines {
                         let conversation = self.conv(ci).id;
+                        if !self.conv(ci).channel.is_live() {
+                            // Asynchronous: waits for the next opening.
+                            continue;
+                        }
                         self.out.push_back(Command::QueueClosed {
                             conversation,
                             queue,

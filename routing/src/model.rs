@@ -123,6 +123,12 @@ impl Channel {
         Channel::Webform,
     ];
 
+    /// Voice and chat: someone is there now. E-mail and web forms are
+    /// asynchronous.
+    pub const fn is_live(self) -> bool {
+        matches!(self, Channel::Voice | Channel::Chat)
+    }
+
     pub(crate) const fn index(self) -> usize {
         match self {
             Channel::Voice => 0,

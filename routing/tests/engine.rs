@@ -1183,3 +1183,37 @@ fn a_restored_operator_keeps_the_time_their_presence_began() {
         "an unknown operator is refused"
     );
 }
+
+/// The closed action answers someone on the line or in the chat; e-mail and
+/// web forms wait for the opening instead of being dropped, on arrival and
+/// when the queue closes under them.
+#[test]
+fn asynchronous_requests_wait_for_the_opening_whatever_the_closed_action() {
+    let mut w = World::new();
+    let mut q = QueueConfig::new(QueueId(1), OrgId(1), vec![skill(1, 1)]);
+    q.hours = Some(office_hours());
+    q.closed_action = ClosedAction::SuggestWebform;
+    q.closing_policy = ClosingPolicy::CloseWaiting;
+    w.queue(q);
+    w.at(3.0 * 3600.0); // 12:00, open
+    w.arrive(100, 1, Channel::Chat);
+    w.arrive(101, 1, Channel::Email);
+    let cmds = w.at(3.0 * 3600.0 + 1800.0); // 12:30, closing
+    assert!(cmds.contains(&Command::QueueClosed {
+        conversation: ConversationId(100),
+        queue: QueueId(1),
+        action: ClosedAction::SuggestWebform,
+    }));
+    assert!(!cmds.iter().any(|c| matches!(c, Command::QueueClosed { conversation, .. } if *conversation == ConversationId(101))));
+    assert_eq!(w.status(100), None);
+    assert_eq!(w.status(101), Some(ConversationStatus::Waiting));
+    w.at(10.0 * 3600.0); // 19:00, closed
+    let cmds = w.arrive(102, 1, Channel::Webform);
+    assert!(
+        !cmds
+            .iter()
+            .any(|c| matches!(c, Command::QueueClosed { .. })),
+        "{cmds:?}"
+    );
+    assert_eq!(w.status(102), Some(ConversationStatus::Waiting));
+}

@@ -2111,8 +2111,7 @@ async fn a_closed_mail_conversation_gets_one_satisfaction_survey_through_the_out
     );
     // What the hub and the console do when the operator ends it without
     // wrap-up: the store first, then the end on the bus. (Straight on the
-    // store: the router is not part of this test, and after hours the URP
-    // queue has let the conversation go.)
+    // store: the router is not part of this test.)
     assert!(
         app.store()
             .transition(
