@@ -99,16 +99,6 @@ pub fn verify_password(password: &str, stored: &str) -> bool {
 /// Stored hashes asking for more memory than this (256 MiB) verify nothing.
 const MAX_ARGON2_BLOCKS: usize = 256 * 1024;
 
-thread_local! {
-    /// argon2's working memory (19 MiB with the default parameters), kept
-    /// per thread and reused. Allocating it per hash made glibc raise its
-    /// mmap threshold after the first free and then serve every later block
-    /// from the heap, which it kept: a burst of logins left hundreds of MiB
-    /// of RSS behind (docs/performance.md). With the [`PasswordPool`]'s few
-    /// threads the memory is bounded at threads x 19 MiB.
-    static ARGON2_MEMORY: std::cell::RefCell<Vec<Block>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
 fn argon2_into(
     algorithm: Algorithm,
     version: Version,
@@ -122,16 +112,17 @@ fn argon2_into(
         return Err(argon2::Error::MemoryTooMuch);
     }
     let argon2 = Argon2::new(algorithm, version, params);
-    ARGON2_MEMORY.with(|memory| {
-        let mut memory = memory.borrow_mut();
-        if memory.len() < blocks {
-            memory.resize(blocks, Block::default());
-        }
-        let memory = memory
-            .get_mut(..blocks)
-            .ok_or(argon2::Error::MemoryTooLittle)?;
-        argon2.hash_password_into_with_memory(password, salt, out, memory)
-    })
+    // argon2's working memory (19 MiB with the default parameters), with a
+    // capacity above glibc's largest dynamic mmap threshold (32 MiB on
+    // 64-bit): such a block is always mapped on its own and unmapped when
+    // dropped, and only the pages argon2 touches count in RSS. A block the
+    // exact size made glibc raise its threshold after the first free and
+    // serve every later one from the heap, which it kept: a burst of
+    // logins left hundreds of MiB behind (docs/performance.md).
+    const ALWAYS_MAPPED: usize = (32 << 20) / Block::SIZE + 1;
+    let mut memory: Vec<Block> = Vec::with_capacity(blocks.max(ALWAYS_MAPPED));
+    memory.resize(blocks, Block::default());
+    argon2.hash_password_into_with_memory(password, salt, out, &mut memory)
 }
 
 /// A few dedicated threads for argon2. Each hash takes ~19 MiB; run on
