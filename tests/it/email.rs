@@ -83,24 +83,6 @@ async fn send(addr: SocketAddr, to: &str, message_id: &str, subject: &str, extra
     assert!(transcript.contains("<-  250 2.0.0"), "{transcript}");
 }
 
-/// Polls `check` until it returns `Some`, for at most 20 s.
-async fn wait_for<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    tokio::time::timeout(Duration::from_secs(20), async {
-        loop {
-            if let Some(value) = check().await {
-                return value;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
-}
-
 async fn inbound(store: &Store, message_id: &str) -> InboundMailRow {
     let rows = store.inbound_mail_by_message_id(message_id).await.unwrap();
     assert_eq!(rows.len(), 1, "one stored mail for {message_id}");
@@ -488,7 +470,7 @@ async fn a_mail_stored_but_not_processed_before_a_crash_becomes_a_conversation_a
         .await
         .unwrap();
     let app = app.restart().await;
-    let conversation_id = wait_for("the stored mail to be processed", || async {
+    let conversation_id = poll_until("the stored mail to be processed", || async {
         inbound(app.store(), "crash-1@esempio.it")
             .await
             .processed_at
@@ -760,7 +742,7 @@ async fn the_acknowledgement_reaches_the_relay_with_threading_and_loop_headers()
     );
     assert!(parsed.text.contains(&reference));
 
-    let sent = wait_for("the acknowledgement to be marked sent", || async {
+    let sent = poll_until("the acknowledgement to be marked sent", || async {
         let mail = app.store().outbox_mail(ack.id).await.unwrap().unwrap();
         (mail.state == "sent").then_some(mail)
     })
@@ -784,7 +766,7 @@ async fn with_the_relay_down_then_up_a_mail_is_delivered_exactly_once_and_every_
     let ack_id = outbox(app.store(), conversation_id).await[0].id;
 
     // The worker tries at once, finds the relay down and schedules a retry.
-    let waiting = wait_for("the first failed attempt", || async {
+    let waiting = poll_until("the first failed attempt", || async {
         let mail = app.store().outbox_mail(ack_id).await.unwrap().unwrap();
         (mail.attempts == 1 && mail.state == "pending").then_some(mail)
     })
@@ -848,7 +830,7 @@ async fn a_send_cut_by_a_crash_is_tried_again_after_its_lease_with_the_same_mess
         .conversation_id
         .unwrap();
     let ack_id = outbox(app.store(), conversation_id).await[0].id;
-    wait_for("the first failed attempt", || async {
+    poll_until("the first failed attempt", || async {
         let mail = app.store().outbox_mail(ack_id).await.unwrap().unwrap();
         (mail.attempts == 1 && mail.state == "pending").then_some(())
     })
@@ -937,7 +919,7 @@ async fn the_outbox_delivers_over_starttls_with_credentials_and_refuses_a_relay_
         .conversation_id
         .unwrap();
     let ack_id = outbox(app.store(), conversation_id).await[0].id;
-    let refused = wait_for("the attempt against the unknown certificate", || async {
+    let refused = poll_until("the attempt against the unknown certificate", || async {
         let mail = app.store().outbox_mail(ack_id).await.unwrap().unwrap();
         (mail.attempts == 1 && mail.state == "pending").then_some(mail)
     })
@@ -970,7 +952,7 @@ async fn the_outbox_delivers_over_starttls_with_credentials_and_refuses_a_relay_
         .conversation_id
         .unwrap();
     let ack_id = outbox(app.store(), conversation_id).await[0].id;
-    wait_for("the acknowledgement marked sent", || async {
+    poll_until("the acknowledgement marked sent", || async {
         let mail = app.store().outbox_mail(ack_id).await.unwrap().unwrap();
         (mail.state == "sent" && mail.attempts == 1).then_some(())
     })
@@ -1026,7 +1008,7 @@ async fn a_mail_the_relay_refuses_permanently_is_failed_and_not_retried() {
         .conversation_id
         .unwrap();
     let ack_id = outbox(app.store(), conversation_id).await[0].id;
-    let failed = wait_for("the refused mail to be failed", || async {
+    let failed = poll_until("the refused mail to be failed", || async {
         let m = app.store().outbox_mail(ack_id).await.unwrap().unwrap();
         (m.state == "failed").then_some(m)
     })
@@ -1322,7 +1304,7 @@ async fn a_citizen_writing_again_to_a_closed_conversation_is_queued_again() {
     console
         .send(json!({"type": "end", "conversation_id": conversation_id}))
         .await;
-    wait_for("the conversation to close", || async {
+    poll_until("the conversation to close", || async {
         (conversation(app.store(), conversation_id)
             .await
             .conversation
@@ -1494,7 +1476,7 @@ impl Dovecot {
         };
         server.chown(&home);
         for port in std::iter::once(port).chain(server.tls.as_ref().map(|(p, _)| *p)) {
-            wait_for("dovecot to listen", || async {
+            poll_until("dovecot to listen", || async {
                 tokio::net::TcpStream::connect(("127.0.0.1", port))
                     .await
                     .ok()
@@ -1661,7 +1643,7 @@ async fn mail_polled_over_imap_becomes_a_conversation_and_is_flagged_only_after_
     dovecot.deliver("1.eml", IMAP_MAIL);
     // The poller runs at start.
     let app = spawn_mail_app(None, &dovecot.settings(None)).await;
-    let mail = wait_for("the polled mail to be stored", || async {
+    let mail = poll_until("the polled mail to be stored", || async {
         app.store()
             .inbound_mail_by_message_id("imap-1@esempio.it")
             .await
@@ -1681,7 +1663,7 @@ async fn mail_polled_over_imap_becomes_a_conversation_and_is_flagged_only_after_
     assert_eq!(detail.conversation.subject.as_deref(), Some("Rimborso IMU"));
     assert!(detail.messages[0].body.contains("due volte la rata"));
     assert_eq!(outbox(app.store(), detail.conversation.id).await.len(), 1);
-    wait_for("the message to be flagged \\Seen on the server", || async {
+    poll_until("the message to be flagged \\Seen on the server", || async {
         (dovecot.inbox_flags() == ["S"]).then_some(())
     })
     .await;
@@ -1736,7 +1718,7 @@ async fn mail_polled_over_implicit_tls_and_over_starttls_is_stored_when_the_ca_i
         let poll = poll.unwrap_or_else(|e| panic!("{mode}: {e}"));
         // This poll or the one the server ran at start took it.
         assert!(poll.fetched <= 1, "{mode}: {poll:?}");
-        let mail = wait_for("the mail polled over TLS", || async {
+        let mail = poll_until("the mail polled over TLS", || async {
             app.store()
                 .inbound_mail_by_message_id(&message_id)
                 .await
@@ -1747,7 +1729,7 @@ async fn mail_polled_over_implicit_tls_and_over_starttls_is_stored_when_the_ca_i
         assert!(mail.conversation_id.is_some(), "{mode}");
         assert!(mail.tls, "{mode}: the mail is recorded as fetched over TLS");
     }
-    wait_for("both messages flagged \\Seen", || async {
+    poll_until("both messages flagged \\Seen", || async {
         (dovecot.inbox_flags() == ["S", "S"]).then_some(())
     })
     .await;
@@ -1783,7 +1765,7 @@ async fn mail_polled_over_imap_can_be_moved_to_a_folder_after_it_is_stored() {
     let dovecot = Dovecot::start().await;
     dovecot.deliver("1.eml", IMAP_MAIL);
     let app = spawn_mail_app(None, &dovecot.settings(Some("Archivio"))).await;
-    wait_for("the message to be moved", || async {
+    poll_until("the message to be moved", || async {
         (dovecot.archived() == 1 && dovecot.inbox_flags().is_empty()).then_some(())
     })
     .await;
@@ -2128,7 +2110,7 @@ async fn a_closed_mail_conversation_gets_one_satisfaction_survey_through_the_out
     );
     app.state.hub.announce_end(closed, "operator").await;
 
-    let survey = wait_for("the survey in the outbox", || async {
+    let survey = poll_until("the survey in the outbox", || async {
         outbox(app.store(), closed)
             .await
             .into_iter()

@@ -686,3 +686,138 @@ async fn lines_written_at_once_by_many_chats_are_each_stored_once_and_acknowledg
     assert_eq!(total, acks.len(), "each client id stored once");
     assert_eq!(total, 300, "400 lines of which 100 retries");
 }
+
+/// Issue 4 point 3: outside opening hours the chat says so, offers the web
+/// form and opens no conversation.
+#[tokio::test]
+async fn outside_opening_hours_the_chat_says_so_and_offers_the_web_form() {
+    use chrono::Datelike;
+    // Open only on a weekday that is not today in Rome: closed now.
+    let today = chrono::Utc::now()
+        .with_timezone(&chrono_tz::Europe::Rome)
+        .weekday();
+    let other = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+        [today.succ().succ().num_days_from_monday() as usize];
+    let app = spawn_app_with(&[
+        ("schedules.altro_giorno", json!({ other: "09:00-10:00" })),
+        ("queues.urp.schedule", json!("altro_giorno")),
+        ("queues.urp.holidays", json!(false)),
+        ("queues.urp.closed_action", json!("suggest-webform")),
+    ])
+    .await;
+    let mut citizen = Ws::open(&app, "/ws/chat", None).await.unwrap();
+    citizen
+        .send(json!({"type": "start", "topic": "urp", "language": "it"}))
+        .await;
+    let closed = citizen.expect("closed").await;
+    assert_eq!(closed["webform"], "/request?topic=urp");
+    assert!(closed["message"].as_str().is_some_and(|m| !m.is_empty()));
+    assert!(closed["next_opening"].as_str().is_some(), "{closed}");
+    let list = app
+        .get("/api/v1/conversations", &app.admin_token)
+        .await
+        .json::<Value>()
+        .await
+        .unwrap();
+    assert_eq!(list["items"].as_array().map(Vec::len), Some(0), "{list}");
+}
+
+/// Issue 4 point 7: a supervisor moves a waiting conversation to another
+/// queue from the dashboard; an unknown queue is refused by field.
+#[tokio::test]
+async fn a_supervisor_moves_a_waiting_chat_to_another_queue() {
+    let app = spawn_app_with(&[
+        ("queues.urp.schedule", json!("h24")),
+        ("queues.urp.holidays", json!(false)),
+        ("queues.tributi.schedule", json!("h24")),
+        ("queues.tributi.holidays", json!(false)),
+    ])
+    .await;
+    let (_, supervisor) = app.user("capo.turno", "supervisor", "comune").await;
+    let mut dashboard = Ws::open(&app, "/ws/supervisor", Some(&supervisor))
+        .await
+        .unwrap();
+    dashboard.expect("snapshot").await;
+    let mut citizen = Ws::open(&app, "/ws/chat", None).await.unwrap();
+    citizen
+        .send(json!({"type": "start", "topic": "urp", "language": "it"}))
+        .await;
+    let id = citizen.expect("started").await["conversation_id"]
+        .as_i64()
+        .unwrap();
+    dashboard
+        .send(json!({"type": "move", "conversation_id": id, "queue": "nessuna"}))
+        .await;
+    let refused = dashboard.expect("error").await;
+    assert!(refused.to_string().contains("queue"), "{refused}");
+    dashboard
+        .send(json!({"type": "move", "conversation_id": id, "queue": "tributi"}))
+        .await;
+    let moved = poll_until("the conversation in tributi", || async {
+        let detail = app
+            .get(&format!("/api/v1/conversations/{id}"), &app.admin_token)
+            .await
+            .json::<Value>()
+            .await
+            .unwrap();
+        (detail["queue_id"] == "tributi").then_some(detail)
+    })
+    .await;
+    assert_eq!(moved["state"], "queued", "{moved}");
+}
+
+/// Issue 4 point 6: the console's citizen panel shows who this is and their
+/// earlier conversations (here an e-mail before the chat).
+#[tokio::test]
+async fn the_console_shows_the_citizen_and_their_earlier_conversations() {
+    let app = chat_app().await;
+    let contact = app
+        .store()
+        .contact_for(Some("Maria Rossi"), Some("maria@example.it"), None, 1)
+        .await
+        .unwrap();
+    let earlier = app
+        .store()
+        .create_conversation(
+            &ccu::store::NewConversation {
+                reference_prefix: "URP".into(),
+                organization_id: "comune".into(),
+                queue_id: "urp".into(),
+                channel: ccu::config::Channel::Email,
+                contact_id: Some(contact),
+                language: "it".into(),
+                subject: Some("Certificato".into()),
+            },
+            1,
+            2026,
+        )
+        .await
+        .unwrap();
+    let mut citizen = Ws::open(&app, "/ws/chat", None).await.unwrap();
+    citizen
+        .send(json!({"type": "start", "topic": "urp", "language": "it", "name": "Maria Rossi", "email": "maria@example.it"}))
+        .await;
+    let chat = citizen.expect("started").await["conversation_id"]
+        .as_i64()
+        .unwrap();
+    let (_, token) = app.user("anna", "operator", "comune").await;
+    let mut console = Ws::open(&app, "/ws/operator", Some(&token)).await.unwrap();
+    console.expect("hello").await;
+    console
+        .send(json!({"type": "presence", "presence": "available"}))
+        .await;
+    // The earlier e-mail waits too: take offers until the chat is in hand.
+    let view = loop {
+        let offer = console.expect("offer").await;
+        console
+            .send(json!({"type": "accept", "offer": offer["offer"]}))
+            .await;
+        let assigned = console.expect("assigned").await;
+        if assigned["conversation"]["conversation"]["id"] == chat {
+            break assigned;
+        }
+    };
+    assert_eq!(view["conversation"]["contact"]["email"], "maria@example.it");
+    let history = view["conversation"]["history"].as_array().unwrap();
+    assert!(history.iter().any(|c| c["id"] == earlier.id), "{history:?}");
+}
