@@ -824,35 +824,43 @@ impl Actor {
         if run.is_empty() {
             return;
         }
-        let writes: Vec<RoutingWrite> = run.iter().flat_map(|(_, w)| w.iter().cloned()).collect();
+        let mut commands = Vec::with_capacity(run.len());
+        let mut counts = Vec::with_capacity(run.len());
+        let mut writes = Vec::new();
+        for (command, mine) in run {
+            commands.push(command);
+            counts.push(mine.len());
+            writes.extend(mine);
+        }
         let batch = if writes.is_empty() {
             Ok(Vec::new())
         } else {
             self.store.routing_batch(&writes).await
         };
-        match batch {
-            Ok(outcomes) => {
-                let mut rest = outcomes.as_slice();
-                for (command, writes) in run {
-                    let (mine, tail) = rest.split_at(writes.len().min(rest.len()));
-                    rest = tail;
-                    self.announce(command, mine).await;
-                }
+        let failed = batch.is_err();
+        if let Err(err) = &batch {
+            tracing::warn!(%err, commands = commands.len(), "a routing run failed; writing its commands one by one");
+        }
+        let outcomes = batch.unwrap_or_default();
+        let (mut start, mut outcomes_left) = (0, outcomes.as_slice());
+        for (command, count) in commands.into_iter().zip(counts) {
+            let mine = &writes[start..start + count];
+            start += count;
+            if !failed {
+                let (done, rest) = outcomes_left.split_at(count.min(outcomes_left.len()));
+                outcomes_left = rest;
+                self.announce(command, done).await;
+                continue;
             }
-            Err(err) => {
-                tracing::warn!(%err, commands = run.len(), "a routing run failed; writing its commands one by one");
-                for (command, writes) in run {
-                    let outcome = if writes.is_empty() {
-                        Ok(Vec::new())
-                    } else {
-                        self.store.routing_batch(&writes).await
-                    };
-                    match outcome {
-                        Ok(outcomes) => self.announce(command, &outcomes).await,
-                        Err(err) => {
-                            tracing::error!(%err, ?command, "executing a routing command failed");
-                        }
-                    }
+            let retried = if mine.is_empty() {
+                Ok(Vec::new())
+            } else {
+                self.store.routing_batch(mine).await
+            };
+            match retried {
+                Ok(done) => self.announce(command, &done).await,
+                Err(err) => {
+                    tracing::error!(%err, ?command, "executing a routing command failed");
                 }
             }
         }

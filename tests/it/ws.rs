@@ -339,6 +339,23 @@ async fn the_dashboard_sees_a_new_waiting_chat_within_a_second() {
             .unwrap()
     };
     assert_eq!(waiting(&first), 0);
+    // Each queue's target beside its figures.
+    let urp = first["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["id"] == "urp")
+        .unwrap();
+    assert!(urp["target"]["percent"].as_f64().is_some(), "{urp}");
+    assert!(urp["target"]["seconds"].as_u64().is_some(), "{urp}");
+    for field in [
+        "longest_wait_seconds",
+        "asa_seconds",
+        "aht_seconds",
+        "abandon_rate",
+    ] {
+        assert!(urp.get(field).is_some(), "{field} missing: {urp}");
+    }
     let mut citizen = Ws::open(&app, "/ws/chat", None).await.unwrap();
     citizen.send(json!({"type": "start", "topic": "urp"})).await;
     citizen.expect("started").await;
