@@ -22,23 +22,21 @@
 //! The tool and the server share the machine's cores; on a two-core machine
 //! the figures are a lower bound of what the server alone can do.
 
+mod support;
+
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use serde_json::{Value, json};
-use tokio::net::TcpSocket;
+use serde_json::json;
+use support::{
+    Samples, Server, ServerSetup, Socket, connect, http_json, next_json, rss_kib, wait_for,
+};
 use tokio::sync::Mutex;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-
-type Socket = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
 
 #[derive(Debug, Clone)]
 struct Options {
@@ -95,179 +93,26 @@ fn options() -> Options {
     o
 }
 
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-    data_dir: PathBuf,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.data_dir);
-    }
-}
-
 fn start_server(o: &Options) -> Server {
-    let data_dir = std::env::temp_dir().join(format!("ccu-chat-load-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&data_dir);
-    let database_url = o
-        .database_url
-        .clone()
-        .unwrap_or_else(|| format!("sqlite://{}/ccu.db", data_dir.display()));
-    let mut cmd = Command::new(&o.server);
-    cmd.arg("serve")
-        .env("CCU_HTTP_ADDR", "127.0.0.1:0")
-        .env("CCU_SMTP_ADDR", "127.0.0.1:0")
-        .env("CCU_SIP_ADDR", "127.0.0.1:0")
-        .env("CCU_DATA_DIR", &data_dir)
-        .env("CCU_DATABASE_URL", database_url)
-        .env("CCU_LOG_FORMAT", "json")
-        .env("RUST_LOG", "warn,ccu=info")
-        .env(
+    let env = [
+        (
             "CCU_HTTP__MAX_CONNECTIONS",
             (o.chats + o.consoles + 1000).to_string(),
-        )
-        .env("CCU_PUBLIC__CHAT_STARTS_PER_ADDRESS", "100000000")
-        .env("CCU_PUBLIC__CHAT_MESSAGES_PER_ADDRESS", "100000000")
-        .env("CCU_AUTH__LOGIN_ATTEMPTS_PER_ADDRESS", "100000000")
-        .env("CCU_QUEUES__URP__SCHEDULE", "h24")
-        .env("CCU_QUEUES__URP__HOLIDAYS", "false")
-        .env("CCU_QUEUES__URP__MAX_WAIT_SECONDS", "86400")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    if let Some(redis) = &o.redis_url {
-        cmd.env("CCU_REDIS_URL", redis).env(
-            "CCU_REDIS_PREFIX",
-            format!("ccu-load-{}", std::process::id()),
-        );
-    }
-    let mut child = cmd.spawn().unwrap_or_else(|err| {
-        eprintln!("cannot start {}: {err}", o.server.display());
-        std::process::exit(1)
-    });
-    let stdout = child.stdout.take().expect("piped stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut sent = false;
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if !sent
-                && let Ok(log) = serde_json::from_str::<Value>(&line)
-                && log["message"] == "ccu is ready"
-            {
-                let _ = tx.send(log["http_addr"].as_str().unwrap_or_default().to_owned());
-                sent = true;
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("the server says it is ready")
-        .parse()
-        .expect("an address");
-    Server {
-        child,
-        addr,
-        data_dir,
-    }
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-/// A loopback source address per 1,000 sockets, so no address runs out of
-/// ephemeral ports.
-async fn connect(
-    addr: SocketAddr,
-    path: &str,
-    n: usize,
-    bearer: Option<&str>,
-) -> Result<Socket, String> {
-    let octet = u8::try_from(2 + n / 1000).unwrap_or(250);
-    let local: SocketAddr = SocketAddr::from(([127, 0, 0, octet], 0));
-    let socket = TcpSocket::new_v4().map_err(|e| e.to_string())?;
-    socket.bind(local).map_err(|e| e.to_string())?;
-    let stream = socket.connect(addr).await.map_err(|e| e.to_string())?;
-    let mut request = format!("ws://{addr}{path}")
-        .into_client_request()
-        .map_err(|e| e.to_string())?;
-    if let Some(token) = bearer {
-        request.headers_mut().insert(
-            "authorization",
-            format!("Bearer {token}").parse().map_err(|_| "header")?,
-        );
-    }
-    let (ws, _) = tokio_tungstenite::client_async(request, stream)
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(ws)
-}
-
-async fn next_json(ws: &mut Socket) -> Option<Value> {
-    while let Some(frame) = ws.next().await {
-        match frame {
-            Ok(Message::Text(text)) => return serde_json::from_str(&text).ok(),
-            Ok(Message::Close(_)) | Err(_) => return None,
-            Ok(_) => {}
-        }
-    }
-    None
-}
-
-async fn wait_for(ws: &mut Socket, kind: &str, limit: Duration) -> Result<Value, String> {
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        match tokio::time::timeout_at(deadline, next_json(ws)).await {
-            Ok(Some(v)) if v["type"] == kind => return Ok(v),
-            Ok(Some(v)) if v["type"] == "error" => return Err(format!("error frame: {v}")),
-            Ok(Some(_)) => {}
-            Ok(None) => return Err(format!("socket closed before {kind}")),
-            Err(_) => return Err(format!("no {kind} within {limit:?}")),
-        }
-    }
-}
-
-/// Latencies in microseconds.
-#[derive(Default)]
-struct Samples(Vec<u64>);
-
-impl Samples {
-    fn report(&mut self, name: &str) {
-        let v = &mut self.0;
-        if v.is_empty() {
-            println!("{name:<28} no samples");
-            return;
-        }
-        v.sort_unstable();
-        let at = |q: f64| {
-            #[allow(
-                clippy::cast_possible_truncation,
-                clippy::cast_sign_loss,
-                clippy::cast_precision_loss
-            )]
-            let i = ((v.len() as f64 - 1.0) * q).round() as usize;
-            v[i] as f64 / 1000.0
-        };
-        println!(
-            "{name:<28} n={:<8} p50={:>7.2} ms  p90={:>7.2} ms  p99={:>7.2} ms  p99.9={:>7.2} ms  max={:>8.2} ms",
-            v.len(),
-            at(0.5),
-            at(0.9),
-            at(0.99),
-            at(0.999),
-            at(1.0)
-        );
-    }
+        ),
+        ("CCU_PUBLIC__CHAT_STARTS_PER_ADDRESS", "100000000".into()),
+        ("CCU_PUBLIC__CHAT_MESSAGES_PER_ADDRESS", "100000000".into()),
+        ("CCU_AUTH__LOGIN_ATTEMPTS_PER_ADDRESS", "100000000".into()),
+        ("CCU_QUEUES__URP__SCHEDULE", "h24".into()),
+        ("CCU_QUEUES__URP__HOLIDAYS", "false".into()),
+        ("CCU_QUEUES__URP__MAX_WAIT_SECONDS", "86400".into()),
+    ];
+    support::start_server(&ServerSetup {
+        binary: &o.server,
+        bench: "chat-load",
+        database_url: o.database_url.as_deref(),
+        redis_url: o.redis_url.as_deref(),
+        env: env.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+    })
 }
 
 struct Shared {
@@ -285,33 +130,6 @@ impl Shared {
     fn micros(&self) -> u64 {
         u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX)
     }
-}
-
-async fn http_json(
-    client: &reqwest::Client,
-    url: String,
-    token: Option<&str>,
-    body: Value,
-) -> Result<Value, String> {
-    for attempt in 0..20 {
-        let mut request = client.post(&url).json(&body);
-        if let Some(token) = token {
-            request = request.bearer_auth(token);
-        }
-        let response = request.send().await.map_err(|e| e.to_string())?;
-        let status = response.status();
-        // The password pool says busy under a burst of argon2 work.
-        if status.as_u16() == 503 || status.as_u16() == 429 {
-            tokio::time::sleep(Duration::from_millis(200 * (attempt + 1))).await;
-            continue;
-        }
-        let value: Value = response.json().await.map_err(|e| e.to_string())?;
-        if !status.is_success() {
-            return Err(format!("{url}: {status} {value}"));
-        }
-        return Ok(value);
-    }
-    Err(format!("{url}: still busy after 20 attempts"))
 }
 
 /// One operator console: goes available, accepts every offer, records the
@@ -448,19 +266,7 @@ async fn main() {
     );
     println!("server RSS at start: {} MiB", rss_kib(pid) / 1024);
     let client = reqwest::Client::new();
-    let password = std::fs::read_to_string(server.data_dir.join("initial-admin-password"))
-        .expect("the initial admin password")
-        .trim()
-        .to_owned();
-    let admin = http_json(
-        &client,
-        format!("http://{addr}/api/v1/auth/login"),
-        None,
-        json!({"username": "admin", "password": password}),
-    )
-    .await
-    .expect("admin login");
-    let admin_token = admin["token"].as_str().expect("a token").to_owned();
+    let admin_token = support::admin_token(&client, &server).await;
 
     // Operators, a few at a time (each costs an argon2 hash, then a login).
     let setup = Instant::now();

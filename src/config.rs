@@ -1101,6 +1101,11 @@ pub struct VoiceSettings {
     pub ring_timeout_seconds: u64,
     /// Calls at once; more INVITEs get `503`.
     pub max_calls: usize,
+    /// New calls a second from all trunks together (a second's worth may
+    /// come at once); more get `503` with `Retry-After` at once, so that a
+    /// carrier's surge is refused rather than left to time out. Set it to
+    /// what the machine sustains (docs/performance.md: 300 on two cores).
+    pub max_calls_per_second: u32,
     /// Relay (latching, media timeout) and announcer (callback key, music).
     pub media: ccu_channels::media::call::CallMediaConfig,
 }
@@ -1113,6 +1118,7 @@ impl Default for VoiceSettings {
             prompts_dir: PathBuf::from("config/prompts"),
             ring_timeout_seconds: 20,
             max_calls: 500,
+            max_calls_per_second: 300,
             media: ccu_channels::media::call::CallMediaConfig::default(),
         }
     }
@@ -1176,6 +1182,10 @@ impl Settings {
         }
         positive("voice.ring_timeout_seconds", voice.ring_timeout_seconds)?;
         positive("voice.max_calls", voice.max_calls as u64)?;
+        positive(
+            "voice.max_calls_per_second",
+            voice.max_calls_per_second.into(),
+        )?;
         if let Some(address) = voice.media_address
             && address.is_unspecified()
         {

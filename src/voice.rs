@@ -27,13 +27,14 @@ use ccu_channels::ivr::{Ivr, Opening};
 use ccu_channels::media::announce::QueueStatus;
 use ccu_channels::media::call::{CallHangup, CallStreams};
 use ccu_channels::media::player::PromptLibrary;
-use ccu_channels::media::relay::{Leg, StreamStart};
+use ccu_channels::media::relay::{DropReason, Leg, StreamStart};
 use ccu_channels::sip::Uri;
 use ccu_channels::sip::dialog::{DialogConfig, DialogEvent};
 use ccu_channels::sip::endpoint::{
     ClientOutcome, IncomingRequest, ServerTxHandle, SipHandle, Target,
 };
 use ccu_channels::sip::message::{HeaderName, Headers, Method, StatusCode};
+use ccu_channels::sip::rate::{RateDecision, RateLimitConfig, RateLimiter};
 use ccu_channels::sip::registrar::OperatorId;
 use ccu_channels::sip::sdp::LocalMedia;
 use ccu_channels::sip::transaction::TimerConfig;
@@ -86,6 +87,11 @@ struct Shared {
     ivr_by_menu: HashMap<String, Arc<Ivr>>,
     /// Call-ID (the caller's and every phone leg's) → its call.
     calls: Mutex<HashMap<String, mpsc::Sender<Msg>>>,
+    /// Calls in progress (callers; a call's phone legs are not counted).
+    active: AtomicUsize,
+    /// New calls a second (`voice.max_calls_per_second`): one bucket for all
+    /// the trunks, refilled each second, holding a second's worth.
+    admission: Mutex<RateLimiter>,
     conversations: Mutex<Conversations>,
     ports: PortRange,
     next_port: AtomicUsize,
@@ -215,6 +221,14 @@ pub fn start(
         ivr: Arc::new(ivr),
         ivr_by_menu,
         calls: Mutex::new(HashMap::new()),
+        active: AtomicUsize::new(0),
+        admission: Mutex::new(RateLimiter::new(RateLimitConfig {
+            enabled: true,
+            requests_per_second: settings.voice.max_calls_per_second,
+            burst: settings.voice.max_calls_per_second,
+            refusals_per_second: u32::MAX,
+            max_sources: 1,
+        })),
         conversations: Mutex::new(Conversations::default()),
         ports,
         next_port: AtomicUsize::new(0),
@@ -228,29 +242,53 @@ pub fn start(
 impl Voice {
     /// Calls in progress.
     pub fn calls(&self) -> usize {
-        lock(&self.0.calls).len()
+        self.0.active.load(Ordering::Acquire)
     }
 
-    /// Takes an INVITE the trunk gate accepted.
-    pub async fn incoming(&self, incoming: IncomingRequest, trunk: TrunkCall) {
-        if self.calls() >= self.0.state.settings.voice.max_calls {
-            let response = incoming
-                .request
-                .response(StatusCode::SERVICE_UNAVAILABLE, incoming.handle.to_tag());
-            let _ = incoming.handle.respond(response).await;
-            return;
+    /// Whether a new call may start now: under `voice.max_calls` calls at
+    /// once and `voice.max_calls_per_second`. Takes its place if so.
+    fn admit(&self) -> Result<(), &'static str> {
+        let voice = &self.0.state.settings.voice;
+        let admitted = lock(&self.0.admission).check(IpAddr::from([0, 0, 0, 0]), Instant::now());
+        if admitted != RateDecision::Allow {
+            return Err("calls_per_second");
         }
+        if self.0.active.fetch_add(1, Ordering::AcqRel) >= voice.max_calls {
+            self.0.active.fetch_sub(1, Ordering::AcqRel);
+            return Err("max_calls");
+        }
+        Ok(())
+    }
+
+    /// Takes an INVITE the trunk gate accepted. Over the limits it gets
+    /// `503` with `Retry-After` at once (RFC 3261 §21.5.4): the carrier
+    /// tries another route or later, instead of retransmitting into a
+    /// server that cannot keep up and timing out.
+    pub async fn incoming(&self, incoming: IncomingRequest, trunk: TrunkCall) {
         let Ok(call_id) = incoming.request.headers.call_id().map(str::to_owned) else {
             return;
         };
+        if let Err(limit) = self.admit() {
+            metrics::counter!("ccu_voice_calls_refused_total", "limit" => limit).increment(1);
+            tracing::debug!(%call_id, limit, "call refused: over the limit");
+            let mut response = incoming
+                .request
+                .response(StatusCode::SERVICE_UNAVAILABLE, incoming.handle.to_tag());
+            response.headers.push(HeaderName::RetryAfter, "1");
+            let _ = incoming.handle.respond(response).await;
+            return;
+        }
         let (tx, rx) = mpsc::channel(256);
         lock(&self.0.calls).insert(call_id.clone(), tx.clone());
         let voice = self.clone();
+        metrics::gauge!("ccu_voice_calls").increment(1.0);
         tokio::spawn(async move {
             if let Err(error) = voice.run_call(incoming, trunk, tx, rx).await {
                 tracing::warn!(%call_id, "call ended with an error: {error:#}");
             }
             voice.forget(&call_id);
+            voice.0.active.fetch_sub(1, Ordering::AcqRel);
+            metrics::gauge!("ccu_voice_calls").decrement(1.0);
         });
     }
 
@@ -369,7 +407,18 @@ impl Voice {
         }
     }
 
-    async fn bind_media(&self) -> anyhow::Result<UdpSocket> {
+    /// A media socket, and a second handle to it for sending: a direct
+    /// non-blocking `sendto`. Tokio's `try_send_to` answers `WouldBlock`
+    /// until its reactor has seen a new socket writable, which lost the
+    /// first packet of every call (the IVR's first prompt packet).
+    async fn bind_media(&self) -> anyhow::Result<(UdpSocket, std::net::UdpSocket)> {
+        let socket = self.bind_media_socket().await?;
+        let std_socket = socket.into_std()?;
+        let sender = std_socket.try_clone()?;
+        Ok((UdpSocket::from_std(std_socket)?, sender))
+    }
+
+    async fn bind_media_socket(&self) -> anyhow::Result<UdpSocket> {
         let ip = self.0.media_ip;
         let bind_ip = if ip.is_loopback() {
             ip
@@ -443,8 +492,8 @@ impl Voice {
     ) -> anyhow::Result<()> {
         let shared = &self.0;
         let settings = &shared.state.settings;
-        let caller_socket = self.bind_media().await?;
-        let phone_socket = self.bind_media().await?;
+        let (caller_socket, caller_sender) = self.bind_media().await?;
+        let (phone_socket, phone_sender) = self.bind_media().await?;
         let caller_target = match incoming.transport {
             TransportKind::Udp => Target::Udp(incoming.source),
             TransportKind::Tcp => Target::Tcp(incoming.source),
@@ -551,8 +600,8 @@ impl Voice {
                     .execute(
                         output,
                         &mut handles,
-                        &caller_socket,
-                        &phone_socket,
+                        &caller_sender,
+                        &phone_sender,
                         &mut call,
                     )
                     .await;
@@ -712,8 +761,13 @@ fn export_call_metrics(cause: HangupCause, call: &Call) {
         metrics::counter!("ccu_rtp_relayed_packets_total", "to" => to)
             .increment(stats.relayed_packets);
         metrics::counter!("ccu_rtp_local_packets_total", "to" => to).increment(stats.local_packets);
-        metrics::counter!("ccu_rtp_dropped_packets_total", "from" => to)
-            .increment(stats.dropped_total());
+        for reason in DropReason::ALL {
+            let dropped = stats.dropped(reason);
+            if dropped > 0 {
+                metrics::counter!("ccu_rtp_dropped_packets_total", "from" => to, "reason" => reason.as_str())
+                    .increment(dropped);
+            }
+        }
     }
 }
 
@@ -864,8 +918,8 @@ impl CallContext {
         &mut self,
         output: CallOutput,
         handles: &mut HashMap<(String, u32, String), ServerTxHandle>,
-        caller_socket: &UdpSocket,
-        phone_socket: &UdpSocket,
+        caller_socket: &std::net::UdpSocket,
+        phone_socket: &std::net::UdpSocket,
         call: &mut Call,
     ) {
         let shared = &self.voice.0;
@@ -875,7 +929,11 @@ impl CallContext {
                     Leg::A => caller_socket,
                     Leg::B => phone_socket,
                 };
-                let _ = socket.try_send_to(&bytes, to);
+                // A full socket buffer loses the packet (RTP does not wait):
+                // counted, so that a relay loss shows.
+                if socket.send_to(&bytes, to).is_err() {
+                    metrics::counter!("ccu_rtp_send_errors_total").increment(1);
+                }
             }
             CallOutput::Sip { leg, send } => self.send_sip(leg, send, handles).await,
             CallOutput::Route {
@@ -929,6 +987,7 @@ impl CallContext {
                 let result = match outcome {
                     OfferOutcome::Accepted => {
                         self.answered = true;
+                        metrics::counter!("ccu_voice_calls_answered_total").increment(1);
                         router.accept(operator, offer).await
                     }
                     OfferOutcome::Declined(_) => router.decline(operator, offer).await,

@@ -726,3 +726,114 @@ async fn the_console_transfers_a_call_to_a_colleague_whose_phone_takes_it_over()
     let conversation = conversation(&app, id).await.unwrap();
     assert_eq!(conversation["operator_id"], bruno, "{conversation}");
 }
+
+/// Runs `calls` IVR calls (tools/sipp/ivr_call.xml, the benchmark's) at
+/// `rate` a second, each hung up after `hold_ms`; returns sipp's step
+/// counts (`-trace_counts`, last row) and whether sipp succeeded.
+async fn ivr_calls(
+    app: &TestApp,
+    calls: u32,
+    rate: u32,
+    hold_ms: u32,
+) -> (bool, Vec<(String, u64)>) {
+    let scratch = tempfile::tempdir().unwrap();
+    let status = tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::process::Command::new(sipp_binary())
+            .current_dir(scratch.path())
+            .arg("-sf")
+            .arg(repo_path("tools/sipp/ivr_call.xml"))
+            .args([
+                "-s",
+                NUMBER,
+                "-t",
+                "u1",
+                "-nostdin",
+                "-i",
+                "127.0.0.1",
+                "-mi",
+                "127.0.0.1",
+            ])
+            .args([
+                "-m",
+                &calls.to_string(),
+                "-r",
+                &rate.to_string(),
+                "-d",
+                &hold_ms.to_string(),
+            ])
+            .args(["-trace_counts", "-timeout", "60s", "-timeout_error"])
+            .arg(app.sip_addr.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .status(),
+    )
+    .await
+    .expect("sipp finished")
+    .expect("sipp started");
+    let counts = std::fs::read_dir(scratch.path())
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().ends_with("_counts.csv"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap())
+        .expect("a counts file");
+    let mut lines = counts.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(';').collect();
+    let last: Vec<&str> = lines.last().unwrap().split(';').collect();
+    let pairs = header
+        .iter()
+        .zip(last.iter())
+        .filter_map(|(k, v)| Some(((*k).to_owned(), v.parse().ok()?)))
+        .collect();
+    (status.success(), pairs)
+}
+
+fn count(counts: &[(String, u64)], column: &str) -> u64 {
+    counts
+        .iter()
+        .find(|(k, _)| k.ends_with(column))
+        .map(|(_, v)| *v)
+        .unwrap_or_else(|| panic!("no {column} in {counts:?}"))
+}
+
+/// `voice.max_calls_per_second`: a surge beyond it is refused with `503`
+/// at once (no INVITE times out or is retransmitted), the calls within it
+/// are answered, and once the surge is over calls are answered again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_beyond_the_call_rate_get_503_at_once_and_the_next_ones_are_answered() {
+    let app = calls_app_with(&[("voice.max_calls_per_second", json!(5))]).await;
+    let (ok, counts) = ivr_calls(&app, 40, 400, 300).await;
+    assert!(ok, "{counts:?}");
+    // Steps of ivr_call.xml: 0 INVITE, 3 503, 4 200 (of the INVITE), 8 200 (of the BYE).
+    let answered = count(&counts, "4_200_Recv");
+    let refused = count(&counts, "3_503_Recv");
+    assert!(
+        (5..=8).contains(&answered),
+        "a second's worth (5), and what refilled meanwhile: {counts:?}"
+    );
+    assert_eq!(answered + refused, 40, "{counts:?}");
+    assert_eq!(count(&counts, "8_200_Recv"), answered, "{counts:?}");
+    assert_eq!(count(&counts, "0_INVITE_Retrans"), 0, "{counts:?}");
+    assert_eq!(count(&counts, "0_INVITE_Timeout"), 0, "{counts:?}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (ok, counts) = ivr_calls(&app, 5, 50, 100).await;
+    assert!(ok, "{counts:?}");
+    assert_eq!(count(&counts, "3_503_Recv"), 0, "{counts:?}");
+    assert_eq!(count(&counts, "4_200_Recv"), 5, "{counts:?}");
+}
+
+/// The trunk's address is not limited like a stranger's (50 requests a
+/// second, 100 at once): 300 calls in a second, each an INVITE, an ACK and
+/// a BYE from 127.0.0.1, are all answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trunk_brings_hundreds_of_calls_a_second_past_the_per_address_flood_limit() {
+    let app = calls_app_with(&[("sip.rate_limit.enabled", json!(true))]).await;
+    let (ok, counts) = ivr_calls(&app, 300, 300, 200).await;
+    assert!(ok, "{counts:?}");
+    assert_eq!(count(&counts, "3_503_Recv"), 0, "{counts:?}");
+    assert_eq!(count(&counts, "0_INVITE_Retrans"), 0, "{counts:?}");
+    assert_eq!(count(&counts, "4_200_Recv"), 300, "{counts:?}");
+    assert_eq!(count(&counts, "8_200_Recv"), 300, "the BYEs: {counts:?}");
+}

@@ -89,7 +89,7 @@ use crate::sip::transaction::{
     TimerConfig, TransactionKey, Transport,
 };
 use crate::sip::transport::{TransportKind, response_destination};
-use crate::sip::trunk::{NumberConfig, TrunkConfig};
+use crate::sip::trunk::{NumberConfig, SourceNet, TrunkConfig};
 use crate::sip::validate::{Inbound, Policy, StreamInbound, receive_datagram, receive_stream};
 
 /// Endpoint settings (`[sip]` in the server's configuration). Every field
@@ -487,7 +487,14 @@ impl SipEndpoint {
                 .collect::<Vec<_>>()
                 .join(", "),
             recv_buffer: config.max_message_size.saturating_add(1).max(2_048),
-            limiter: RateLimiter::new(config.rate_limit),
+            // The trunks' addresses: their calls are admitted by the TU.
+            limiter: RateLimiter::new(config.rate_limit).exempting(
+                config
+                    .trunks
+                    .iter()
+                    .flat_map(|t| t.sources.iter())
+                    .filter_map(|s| SourceNet::parse(s)),
+            ),
             policy,
             config,
             udp,

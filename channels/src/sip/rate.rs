@@ -10,6 +10,11 @@
 //! amplify it. `refusals_per_second = 0` drops from the first excess
 //! request.
 //!
+//! Exempt addresses (the carriers' trunks, [`RateLimiter::exempting`]) are
+//! not limited here: a trunk brings hundreds of calls a second from one
+//! address, and its calls are admitted or refused by the call layer
+//! instead (`voice.max_calls`, `voice.max_calls_per_second`).
+//!
 //! ```
 //! use std::time::{Duration, Instant};
 //! use ccu_channels::sip::rate::{RateDecision, RateLimitConfig, RateLimiter};
@@ -30,6 +35,8 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
+
+use crate::sip::trunk::SourceNet;
 
 /// Limits for new requests per source address. Lives in the server's
 /// configuration (`[sip.rate_limit]`).
@@ -90,6 +97,7 @@ struct Bucket {
 pub struct RateLimiter {
     config: RateLimitConfig,
     buckets: HashMap<IpAddr, Bucket>,
+    exempt: Vec<SourceNet>,
 }
 
 impl RateLimiter {
@@ -97,7 +105,14 @@ impl RateLimiter {
         RateLimiter {
             config,
             buckets: HashMap::new(),
+            exempt: Vec::new(),
         }
+    }
+
+    /// The same limiter, letting every request from `nets` through.
+    pub fn exempting(mut self, nets: impl IntoIterator<Item = SourceNet>) -> RateLimiter {
+        self.exempt.extend(nets);
+        self
     }
 
     fn refill(&self, bucket: &mut Bucket, now: Instant) {
@@ -109,7 +124,7 @@ impl RateLimiter {
 
     /// Takes a token for a new request from `source` at `now`.
     pub fn check(&mut self, source: IpAddr, now: Instant) -> RateDecision {
-        if !self.config.enabled {
+        if !self.config.enabled || self.exempt.iter().any(|net| net.contains(source)) {
             return RateDecision::Allow;
         }
         if !self.buckets.contains_key(&source) && self.buckets.len() >= self.config.max_sources {
@@ -189,6 +204,28 @@ impl RateLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exempt_sources_are_never_limited_and_others_still_are() {
+        let nets = ["192.0.2.0/24"].into_iter().filter_map(SourceNet::parse);
+        let mut limiter = RateLimiter::new(config()).exempting(nets);
+        let t0 = Instant::now();
+        let trunk: IpAddr = "192.0.2.9".parse().unwrap();
+        for _ in 0..1_000 {
+            assert_eq!(limiter.check(trunk, t0), RateDecision::Allow);
+        }
+        assert_eq!(limiter.tracked(), 0);
+        let other: IpAddr = "198.51.100.1".parse().unwrap();
+        let decisions: Vec<_> = (0..10).map(|_| limiter.check(other, t0)).collect();
+        assert_eq!(
+            decisions
+                .iter()
+                .filter(|d| **d == RateDecision::Allow)
+                .count(),
+            5,
+            "{decisions:?}"
+        );
+    }
 
     fn config() -> RateLimitConfig {
         RateLimitConfig {
