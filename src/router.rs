@@ -396,6 +396,19 @@ impl RouterHandle {
         .await
     }
 
+    /// The citizen of a waiting conversation asked to be called back: it
+    /// keeps its place and its offers say `callback`. The caller stores the
+    /// `callback_requested` event first (the flag survives a restart).
+    pub async fn callback(&self, conversation: i64) -> Result<(), RouterError> {
+        self.request(
+            Event::CallbackRequested {
+                conversation: conversation_key(conversation),
+            },
+            None,
+        )
+        .await
+    }
+
     pub async fn transfer_to_queue(
         &self,
         conversation: i64,
@@ -521,6 +534,8 @@ pub async fn start(
         .collect();
     let now_ms = crate::now_ms();
     store.withdraw_open_offers(now_ms).await?;
+    let callbacks: std::collections::HashSet<i64> =
+        store.callback_conversations().await?.into_iter().collect();
     let mut restored = Vec::new();
     for c in store.active_conversations().await? {
         let Some(queue) = ids.queue(&c.queue_id) else {
@@ -563,6 +578,24 @@ pub async fn start(
                 )
                 .await?;
         }
+        let mut callback = callbacks.contains(&c.id);
+        if assigned.is_none() && c.channel == Channel::Voice && !callback {
+            // A waiting call did not survive the restart (its dialog and
+            // media were in the process that stopped), but the citizen's
+            // place did: they are called back on the number the call came
+            // from, instead of losing a call that was taken.
+            store
+                .append_event(
+                    c.id,
+                    now_ms,
+                    "callback_requested",
+                    Some(&c.queue_id),
+                    None,
+                    &serde_json::json!({ "reason": "restart" }),
+                )
+                .await?;
+            callback = true;
+        }
         restored.push(RestoredConversation {
             id: conversation_key(c.id),
             queue,
@@ -570,7 +603,7 @@ pub async fn start(
             language: Language::parse(&c.language).ok(),
             enqueued_at: Timestamp::from_millis(c.enqueued_at),
             queue_entered_at: None,
-            callback: false,
+            callback,
             assigned,
         });
     }
@@ -994,8 +1027,49 @@ impl Actor {
                 queue,
                 action,
             } => {
-                let action = serde_json::to_value(&action).unwrap_or_default();
-                self.notice(conversation, queue, "max_wait", action, now_ms)
+                let id = conversation_id(conversation);
+                let detail = serde_json::to_value(&action).unwrap_or_default();
+                match action {
+                    // The engine keeps the place; the flag must survive a
+                    // restart like the place does.
+                    EngineMaxWait::Callback => {
+                        self.store
+                            .append_event(
+                                id,
+                                now_ms,
+                                "callback_requested",
+                                Some(self.ids.queue_name(queue)),
+                                None,
+                                &serde_json::json!({ "reason": "max_wait" }),
+                            )
+                            .await?;
+                    }
+                    // The engine took it out of line. A call or a chat ends
+                    // here (the channel plays or shows the message); a
+                    // written request stays stored as it is.
+                    EngineMaxWait::Voicemail | EngineMaxWait::Close { .. } => {
+                        let live = self
+                            .store
+                            .conversation_channel(id)
+                            .await?
+                            .is_some_and(|c| matches!(c, Channel::Voice | Channel::Chat));
+                        if live {
+                            self.store
+                                .transition(
+                                    id,
+                                    &[ConversationState::Queued, ConversationState::Offered],
+                                    ConversationState::Closed,
+                                    "closed",
+                                    None,
+                                    &serde_json::json!({ "reason": "max_wait" }),
+                                    now_ms,
+                                )
+                                .await?;
+                            self.changed(id, "closed", None).await?;
+                        }
+                    }
+                }
+                self.notice(conversation, queue, "max_wait", detail, now_ms)
                     .await?;
             }
             Command::QueueClosed {

@@ -73,6 +73,11 @@ enum Msg {
     Hold(bool),
     /// The router dropped the waiting call: its queue closed.
     QueueClosed,
+    /// The queue's maximum wait: a callback keeps the place (`true`), or
+    /// the call ends with the message.
+    MaxWait {
+        callback: bool,
+    },
     Position(QueueStatus),
     HangUp,
 }
@@ -106,7 +111,8 @@ struct Shared {
 /// and [`crate::hub::Hub::open_conversation`] returning the id to the call
 /// (an operator is waiting): such an offer is kept here briefly and handed
 /// over when the call registers, instead of being lost (the phone would
-/// never ring and the offer would time out).
+/// never ring and the offer would time out; without its first position the
+/// caller would hear the routing music until the next announcement).
 #[derive(Default)]
 struct Conversations {
     calls: HashMap<i64, mpsc::Sender<Msg>>,
@@ -124,9 +130,15 @@ impl Conversations {
         if let Some(sender) = self.calls.get(&conversation) {
             return Some((sender.clone(), msg));
         }
-        // Only what a call must not miss (positions come again; withdrawals
-        // and ends of unknown conversations concern nobody here).
-        if matches!(msg, Msg::Offer { .. }) {
+        // What a call must not miss: the offer, the first position (it
+        // ends the call's routing music and starts the announcements and
+        // the callback key; the next one may be a minute away), the
+        // router's notices. Withdrawals and ends of unknown conversations
+        // concern nobody here.
+        if matches!(
+            msg,
+            Msg::Offer { .. } | Msg::Position(_) | Msg::QueueClosed | Msg::MaxWait { .. }
+        ) {
             let now = Instant::now();
             self.early
                 .retain(|_, (at, _)| now.duration_since(*at) < Self::EARLY_TTL);
@@ -398,6 +410,16 @@ impl Voice {
                     kind,
                     ..
                 } if kind == "queue_closed" => (*conversation_id, Msg::QueueClosed),
+                BusEvent::RoutingNotice {
+                    conversation_id,
+                    kind,
+                    detail,
+                } if kind == "max_wait" => (
+                    *conversation_id,
+                    Msg::MaxWait {
+                        callback: detail == "callback",
+                    },
+                ),
                 _ => continue,
             };
             let sender = lock(&self.0.conversations).deliver(conversation, msg);
@@ -567,6 +589,7 @@ impl Voice {
             vias: HashMap::new(),
             conversation: None,
             queue: trunk.called.queue.clone(),
+            caller_number: caller_number.clone(),
             operator: None,
             answered: false,
             ringing: Vec::new(),
@@ -694,6 +717,7 @@ impl Voice {
                         Msg::Hold(true) => call.handle(now, CallInput::Hold),
                         Msg::Hold(false) => call.handle(now, CallInput::Unhold),
                         Msg::QueueClosed => call.handle(now, CallInput::QueueClosed),
+                        Msg::MaxWait { callback } => call.handle(now, CallInput::MaxWait { callback }),
                         Msg::Position(status) => call.handle(now, CallInput::QueueStatus(status)),
                         Msg::HangUp => call.handle(now, CallInput::HangUp),
                     }
@@ -732,6 +756,8 @@ struct CallContext {
     conversation: Option<i64>,
     /// The conversation's queue (the number's until the IVR chose).
     queue: String,
+    /// E.164, or empty for an anonymous caller: the callback's number.
+    caller_number: String,
     operator: Option<(u64, i64)>,
     answered: bool,
     /// The devices of the offer ringing now, for its record.
@@ -1041,7 +1067,38 @@ impl CallContext {
                 self.record_event(kind, operator, data).await;
             }
             CallOutput::CallbackRequested => {
-                tracing::info!(conversation = ?self.conversation, "callback requested");
+                // The caller pressed the callback key: the place is kept
+                // (stored first, then the router), the caller hears the
+                // confirmation and the call ends without an abandon.
+                let Some(conversation) = self.conversation else {
+                    return;
+                };
+                tracing::info!(conversation, "callback requested");
+                let stored = shared
+                    .state
+                    .store
+                    .append_event(
+                        conversation,
+                        crate::now_ms(),
+                        "callback_requested",
+                        Some(&self.queue),
+                        None,
+                        &serde_json::json!({ "reason": "key", "number": self.caller_number }),
+                    )
+                    .await;
+                let result = match stored {
+                    Ok(_) => shared
+                        .state
+                        .hub
+                        .router()
+                        .callback(conversation)
+                        .await
+                        .map_err(anyhow::Error::from),
+                    Err(error) => Err(error.into()),
+                };
+                if let Err(error) = result {
+                    tracing::warn!(conversation, "callback request: {error:#}");
+                }
             }
             CallOutput::Ended { cause } => {
                 tracing::info!(conversation = ?self.conversation, cause = cause.as_str(), "call ended");
@@ -1050,6 +1107,11 @@ impl CallContext {
                     (self.conversation, self.operator, self.answered)
                 {
                     let _ = shared.state.hub.complete(conversation, operator).await;
+                    shared.state.hub.announce_end(conversation, "voice").await;
+                } else if let (Some(conversation), HangupCause::Ivr(CallHangup::MaxWait)) =
+                    (self.conversation, cause)
+                {
+                    // The router closed it at the maximum wait.
                     shared.state.hub.announce_end(conversation, "voice").await;
                 } else if let (Some(conversation), HangupCause::Ivr(CallHangup::Closed)) =
                     (self.conversation, cause)

@@ -63,6 +63,7 @@ italian() {
   say it "$d/less_than_a_minute.wav" "meno di un minuto."
   say it "$d/callback_offer.wav" "Se preferisce essere richiamato, prema 9."
   say it "$d/callback_confirmed.wav" "Grazie. La richiameremo appena un operatore sarà disponibile."
+  say it "$d/max_wait.wav" "Ci scusiamo per l'attesa: in questo momento tutti gli operatori sono occupati. La preghiamo di richiamare più tardi, o di scriverci con il modulo online sul sito del Comune."
   say it "$d/goodbye.wav" "Grazie per aver chiamato. Arrivederci."
   local words=(zero uno due tre quattro cinque sei sette otto nove dieci undici dodici tredici quattordici quindici sedici diciassette diciotto diciannove venti)
   local n
@@ -100,6 +101,7 @@ english() {
   say en "$d/less_than_a_minute.wav" "less than a minute."
   say en "$d/callback_offer.wav" "If you would rather be called back, press 9."
   say en "$d/callback_confirmed.wav" "Thank you. We will call you back as soon as an operator is available."
+  say en "$d/max_wait.wav" "We are sorry for the wait: all our operators are busy. Please call again later, or write to us with the form on the city's website."
   say en "$d/goodbye.wav" "Thank you for calling. Goodbye."
   local words=(zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen nineteen twenty)
   local n

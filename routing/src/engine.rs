@@ -1575,6 +1575,13 @@ impl Engine {
                 self.place_waiting(ci);
                 Ok(())
             }
+            Event::CallbackRequested { conversation } => {
+                let ci = self.conv_idx(conversation)?;
+                let conv = self.conv_mut(ci);
+                conv.callback = true;
+                conv.max_wait_done = true;
+                Ok(())
+            }
             Event::WrapUpDone {
                 operator,
                 conversation,

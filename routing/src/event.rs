@@ -59,6 +59,12 @@ pub enum Event {
         conversation: ConversationId,
         target: TransferTarget,
     },
+    /// The citizen asked to be called back (a caller's key while waiting,
+    /// or a call that a restart cut): the conversation keeps its place, no
+    /// longer waits for a maximum wait, and its offers say `callback`.
+    CallbackRequested {
+        conversation: ConversationId,
+    },
     /// The operator finished after-contact work, with a disposition code.
     WrapUpDone {
         operator: OperatorId,

@@ -568,6 +568,65 @@ fn maximum_wait_with_callback_keeps_the_place_and_the_offer_says_callback() {
 }
 
 #[test]
+fn a_callback_request_keeps_the_place_stops_the_maximum_wait_and_the_offer_says_callback() {
+    let mut w = World::new();
+    let mut q = QueueConfig::new(QueueId(1), OrgId(1), vec![skill(1, 1)]);
+    q.max_wait = Some((
+        120,
+        MaxWaitAction::Close {
+            message: "x".into(),
+        },
+    ));
+    w.queue(q);
+    w.call(100, 1);
+    w.at(5.0);
+    w.call(101, 1);
+    w.at(10.0);
+    w.engine
+        .handle(
+            w.now,
+            Event::CallbackRequested {
+                conversation: ConversationId(100),
+            },
+        )
+        .unwrap();
+    // Not closed at the maximum wait: a callback waits as long as it takes.
+    let cmds = w.at(300.0);
+    assert!(
+        !cmds.iter().any(|c| matches!(
+            c,
+            Command::MaxWaitReached {
+                conversation: ConversationId(100),
+                ..
+            }
+        )),
+        "{cmds:?}"
+    );
+    assert_eq!(w.status(100), Some(ConversationStatus::Waiting));
+    assert_eq!(w.status(101), None, "101 reached the maximum wait and left");
+    let cmds = w.simple_operator(10, &[(1, 5)]);
+    assert!(cmds.iter().any(|c| matches!(
+        c,
+        Command::Offer {
+            conversation: ConversationId(100),
+            callback: true,
+            ..
+        }
+    )));
+    // An unknown conversation is an error, not a panic.
+    assert!(
+        w.engine
+            .handle(
+                w.now,
+                Event::CallbackRequested {
+                    conversation: ConversationId(999),
+                },
+            )
+            .is_err()
+    );
+}
+
+#[test]
 fn maximum_wait_with_voicemail_takes_the_conversation_out_of_line() {
     let mut w = World::new();
     let mut q = QueueConfig::new(QueueId(1), OrgId(1), vec![skill(1, 1)]);

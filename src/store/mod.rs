@@ -1098,6 +1098,13 @@ impl Store {
         Ok(org)
     }
 
+    /// The channel of a conversation (one indexed read).
+    pub async fn conversation_channel(&self, conversation_id: i64) -> Result<Option<Channel>> {
+        let sql = "SELECT channel FROM conversations WHERE id = $1";
+        let channel: Option<String> = with_pool!(self, pool => sqlx::query_scalar(sql).bind(conversation_id).fetch_optional(pool).await?);
+        Ok(channel.as_deref().and_then(Channel::parse))
+    }
+
     /// Moves a waiting conversation to another queue (overflow, transfer); it
     /// keeps its enqueue time, and the new queue's organization owns it.
     pub async fn move_to_queue(
@@ -1151,6 +1158,18 @@ impl Store {
             .bind(ConversationState::Assigned.as_str()).bind(ConversationState::WrapUp.as_str())
             .fetch_all(pool).await?);
         rows.into_iter().map(Conversation::try_from).collect()
+    }
+
+    /// The waiting conversations whose citizen asked to be called back
+    /// (a `callback_requested` event), for the router's restore.
+    pub async fn callback_conversations(&self) -> Result<Vec<i64>> {
+        let sql = "SELECT DISTINCT c.id FROM conversations c JOIN conversation_events e \
+                   ON e.conversation_id = c.id AND e.kind = 'callback_requested' \
+                   WHERE c.state IN ($1, $2) ORDER BY c.id";
+        let ids: Vec<(i64,)> = with_pool!(self, pool => sqlx::query_as(sql)
+            .bind(ConversationState::Queued.as_str()).bind(ConversationState::Offered.as_str())
+            .fetch_all(pool).await?);
+        Ok(ids.into_iter().map(|(id,)| id).collect())
     }
 
     /// Stores the presence an operator declared (JSON of the engine's type).

@@ -277,6 +277,20 @@ impl Console {
             .get_conversation(&Scope::All, conversation)
             .await?
             .ok_or(ApiError::NotFound("conversation"))?;
+        // A callback (the citizen asked, or a restart cut the call): the
+        // operator calls back the number the call came from.
+        let event_data = |kind: &str| {
+            detail
+                .events
+                .iter()
+                .rev()
+                .find(|e| e.kind == kind)
+                .and_then(|e| serde_json::from_str::<Value>(&e.data).ok())
+        };
+        let callback = event_data("callback_requested").is_some();
+        let number = event_data("call_started")
+            .and_then(|d| d["caller"].as_str().map(str::to_owned))
+            .filter(|n| !n.is_empty());
         let c = detail.conversation;
         let contact = match c.contact_id {
             Some(id) => self.state.store.contact(id).await?,
@@ -296,6 +310,7 @@ impl Console {
                 "id": c.id, "reference": c.reference, "queue": c.queue_id, "queue_name": queue_name,
                 "channel": c.channel, "subject": c.subject, "language": c.language,
                 "waited_ms": crate::now_ms() - c.enqueued_at, "contact": contact,
+                "callback": callback, "caller_number": number,
             },
         }))
     }

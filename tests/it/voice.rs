@@ -837,3 +837,89 @@ async fn a_trunk_brings_hundreds_of_calls_a_second_past_the_per_address_flood_li
     assert_eq!(count(&counts, "4_200_Recv"), 300, "{counts:?}");
     assert_eq!(count(&counts, "8_200_Recv"), 300, "the BYEs: {counts:?}");
 }
+
+/// Issue 5, point 5: the callback key while waiting. The caller hears the
+/// confirmation and the server hangs up; the conversation keeps its place
+/// (no abandon), and the operator who comes available is offered it as a
+/// callback with the number to call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_who_presses_the_callback_key_keeps_the_place_and_is_offered_as_a_callback() {
+    let app = calls_app().await;
+    let output = sipp(app.sip_addr, "call_callback.xml", &["-s", "0612345678"]).await;
+    assert_sipp_ok(
+        &output,
+        "the caller, who asks to be called back and gets BYE",
+    );
+    let events = events_until(&app, 1, "callback_requested").await;
+    let requested = data(event(&events, "callback_requested"));
+    assert_eq!(requested["reason"], "key", "{requested}");
+    assert_eq!(requested["number"], "+393331234567", "{requested}");
+    let ended = data(event(&events, "call_ended"));
+    assert_eq!(ended["cause"], "callback", "{ended}");
+    let waiting = conversation(&app, 1).await.unwrap();
+    assert_eq!(waiting["state"], "queued", "{waiting}");
+    assert!(
+        !kinds(&events).contains(&"abandoned"),
+        "a callback is not an abandon: {events:?}"
+    );
+    let (_, token) = operator(&app, "anna", "anna", 8).await;
+    let mut console = available(&app, &token).await;
+    let offer = console.expect("offer").await;
+    assert_eq!(offer["conversation"]["id"], 1, "{offer}");
+    assert_eq!(offer["conversation"]["callback"], true, "{offer}");
+    assert_eq!(
+        offer["conversation"]["caller_number"], "+393331234567",
+        "{offer}"
+    );
+}
+
+/// The queue's maximum wait with the `close` action: the caller hears the
+/// message and the server hangs up; the conversation is closed for that
+/// reason, not abandoned, and is not offered afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_maximum_wait_a_closing_queue_tells_the_caller_and_hangs_up() {
+    let app = calls_app_with(&[
+        ("queues.anagrafe.max_wait_seconds", json!(2)),
+        ("queues.anagrafe.max_wait_action", json!("close")),
+    ])
+    .await;
+    let output = sipp(
+        app.sip_addr,
+        "call_dtmf_until_bye.xml",
+        &["-s", "0612345678"],
+    )
+    .await;
+    assert_sipp_ok(&output, "the caller, who gets BYE at the maximum wait");
+    let events = events_until(&app, 1, "call_ended").await;
+    assert_eq!(data(event(&events, "call_ended"))["cause"], "max_wait");
+    let closed = conversation(&app, 1).await.unwrap();
+    assert_eq!(closed["state"], "closed", "{closed}");
+    assert!(kinds(&events).contains(&"max_wait"), "{events:?}");
+    assert!(!kinds(&events).contains(&"abandoned"), "{events:?}");
+}
+
+/// Nothing accepted is lost: a call waiting in line when the server stops
+/// is kept, after the restart, as a callback in its place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_waiting_when_the_server_restarts_is_kept_as_a_callback() {
+    let app = calls_app().await;
+    let server = app.sip_addr;
+    let caller = tokio::spawn(async move {
+        sipp(server, "call_dtmf_until_bye.xml", &["-s", "0612345678"]).await
+    });
+    events_until(&app, 1, "call_ivr").await;
+    let queued = conversation(&app, 1).await.unwrap();
+    assert_eq!(queued["state"], "queued", "{queued}");
+    let app = app.restart().await;
+    caller.abort();
+    let events = events_until(&app, 1, "callback_requested").await;
+    assert_eq!(
+        data(event(&events, "callback_requested"))["reason"],
+        "restart"
+    );
+    let (_, token) = operator(&app, "anna", "anna", 8).await;
+    let mut console = available(&app, &token).await;
+    let offer = console.expect("offer").await;
+    assert_eq!(offer["conversation"]["id"], 1, "{offer}");
+    assert_eq!(offer["conversation"]["callback"], true, "{offer}");
+}

@@ -150,6 +150,12 @@ pub enum CallInput<'a> {
     /// hours at `Route`): the closed prompts, then a hang-up
     /// (`HangupCause::Ivr(Closed)`); no abandon.
     QueueClosed,
+    /// The queue's maximum wait (the router's notice): the caller hears
+    /// that they will be called back (`callback`: the place is kept) or
+    /// the maximum-wait message, then a hang-up (no abandon).
+    MaxWait {
+        callback: bool,
+    },
     /// Hang-up from the console, or shutdown.
     HangUp,
 }
@@ -192,6 +198,7 @@ impl HangupCause {
             HangupCause::Ivr(CallHangup::Closed) => "closed",
             HangupCause::Ivr(CallHangup::Menu) => "ivr",
             HangupCause::Ivr(CallHangup::CallbackConfirmed) => "callback",
+            HangupCause::Ivr(CallHangup::MaxWait) => "max_wait",
             HangupCause::Console => "console",
             HangupCause::MediaTimeout(_) => "media_timeout",
             HangupCause::NoAck => "no_ack",
@@ -572,6 +579,13 @@ impl Call {
                     && let Some(media) = &mut self.media
                 {
                     media.handle(now, CallEvent::QueueClosed);
+                }
+            }
+            CallInput::MaxWait { callback } => {
+                if self.stage == Stage::Queued
+                    && let Some(media) = &mut self.media
+                {
+                    media.handle(now, CallEvent::MaxWait { callback });
                 }
             }
             CallInput::HangUp => self.finish(now, HangupCause::Console),

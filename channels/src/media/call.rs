@@ -82,6 +82,12 @@ pub enum CallEvent<'a> {
     /// The chosen queue is closed (its hours, looked up by the server
     /// when the IVR routed): the closed prompts, then a hang-up.
     QueueClosed,
+    /// The queue's maximum wait (the router's notice). With `callback` the
+    /// place is kept: the caller hears they will be called back; without,
+    /// the maximum-wait message. Then a hang-up.
+    MaxWait {
+        callback: bool,
+    },
     /// The call ended (either side hung up, or the console did).
     End,
 }
@@ -123,6 +129,8 @@ pub enum CallHangup {
     Menu,
     /// The callback was confirmed to the caller.
     CallbackConfirmed,
+    /// The maximum wait was reached; the caller heard the message.
+    MaxWait,
 }
 
 enum Stage {
@@ -132,8 +140,9 @@ enum Stage {
     Queued(QueueAnnouncer),
     Bridged,
     Held,
-    /// Playing the closed prompts before the hang-up.
-    Closing,
+    /// Playing the closed (or maximum-wait) prompts before the hang-up
+    /// for this reason.
+    Closing(CallHangup),
     Ended,
 }
 
@@ -254,9 +263,20 @@ impl CallMedia {
             }
             CallEvent::QueueClosed => {
                 if matches!(self.stage, Stage::Routing | Stage::Queued(_)) {
-                    self.stage = Stage::Closing;
+                    self.stage = Stage::Closing(CallHangup::Closed);
                     let prompts = self.closed_prompts.clone();
                     self.play(now, &prompts);
+                }
+            }
+            CallEvent::MaxWait { callback } => {
+                if matches!(self.stage, Stage::Routing | Stage::Queued(_)) {
+                    let (reason, first) = if callback {
+                        (CallHangup::CallbackConfirmed, "callback_confirmed")
+                    } else {
+                        (CallHangup::MaxWait, "max_wait")
+                    };
+                    self.stage = Stage::Closing(reason);
+                    self.play(now, &[first.to_owned(), "goodbye".to_owned()]);
                 }
             }
             CallEvent::End => {
@@ -361,12 +381,10 @@ impl CallMedia {
                     Stage::Queued(announcer) => {
                         announcer.handle(now, AnnouncerEvent::PromptFinished)
                     }
-                    Stage::Closing => {
+                    Stage::Closing(reason) => {
+                        let reason = *reason;
                         let path = self.path.clone();
-                        self.end_with(CallAction::Hangup {
-                            reason: CallHangup::Closed,
-                            path,
-                        });
+                        self.end_with(CallAction::Hangup { reason, path });
                     }
                     _ => {}
                 },
@@ -430,7 +448,7 @@ impl CallMedia {
                     }
                 }
             }
-            Stage::Routing | Stage::Bridged | Stage::Held | Stage::Closing | Stage::Ended => {}
+            Stage::Routing | Stage::Bridged | Stage::Held | Stage::Closing(_) | Stage::Ended => {}
         }
         progressed
     }
@@ -476,6 +494,7 @@ mod tests {
                 "in_queue",
                 "callback_offer",
                 "callback_confirmed",
+                "max_wait",
             ] {
                 library.insert(language, Prompt::from_samples(name, vec![1000; 320]));
             }
@@ -683,6 +702,41 @@ mod tests {
             }]
         );
         assert!(call.is_ended());
+    }
+
+    #[test]
+    fn the_maximum_wait_plays_its_message_or_the_callback_confirmation_then_hangs_up() {
+        for (callback, reason) in [
+            (false, CallHangup::MaxWait),
+            (true, CallHangup::CallbackConfirmed),
+        ] {
+            let (mut call, t0) = call(Opening::Open);
+            let t1 = t0 + Duration::from_millis(100);
+            press_1(&mut call, t1);
+            call.handle(
+                t1,
+                CallEvent::QueueStatus(QueueStatus {
+                    position: Some(2),
+                    estimated_wait: None,
+                }),
+            );
+            let t2 = t1 + Duration::from_secs(5);
+            run_until(&mut call, t1, t2);
+            call.handle(t2, CallEvent::MaxWait { callback });
+            let (actions, audio) = run_until(&mut call, t2, t2 + Duration::from_secs(1));
+            assert_eq!(audio.len(), 4, "message + goodbye, no music after them");
+            assert_eq!(
+                actions,
+                vec![CallAction::Hangup {
+                    reason,
+                    path: vec![PathStep {
+                        menu: "main".into(),
+                        input: Input::Digit('1')
+                    }],
+                }]
+            );
+            assert!(call.is_ended());
+        }
     }
 
     #[test]
