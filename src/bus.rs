@@ -61,6 +61,9 @@ pub enum BusEvent {
         queue_id: String,
         position: u32,
         estimated_wait_seconds: Option<u32>,
+        /// `voice`, `chat`...; empty from a node that did not say.
+        #[serde(default)]
+        channel: String,
     },
     /// Maximum wait reached or queue closed: the channel renders the action.
     RoutingNotice {

@@ -583,7 +583,31 @@ pub async fn start(
             // A waiting call did not survive the restart (its dialog and
             // media were in the process that stopped), but the citizen's
             // place did: they are called back on the number the call came
-            // from, instead of losing a call that was taken.
+            // from, instead of losing a call that was taken. An anonymous
+            // caller cannot be: closed.
+            let number = store
+                .get_conversation(&crate::store::Scope::All, c.id)
+                .await?
+                .and_then(|detail| {
+                    let started = detail.events.iter().find(|e| e.kind == "call_started")?;
+                    let data: serde_json::Value = serde_json::from_str(&started.data).ok()?;
+                    data["caller"].as_str().map(str::to_owned)
+                })
+                .filter(|number| !number.is_empty());
+            let Some(number) = number else {
+                store
+                    .transition(
+                        c.id,
+                        &[ConversationState::Queued],
+                        ConversationState::Closed,
+                        "closed",
+                        None,
+                        &serde_json::json!({ "reason": "restart", "anonymous": true }),
+                        now_ms,
+                    )
+                    .await?;
+                continue;
+            };
             store
                 .append_event(
                     c.id,
@@ -591,7 +615,7 @@ pub async fn start(
                     "callback_requested",
                     Some(&c.queue_id),
                     None,
-                    &serde_json::json!({ "reason": "restart" }),
+                    &serde_json::json!({ "reason": "restart", "number": number }),
                 )
                 .await?;
             callback = true;
@@ -978,7 +1002,13 @@ impl Actor {
                 position,
                 estimated_wait_secs,
             } => {
+                let channel = self
+                    .engine
+                    .conversation(conversation)
+                    .map(|v| format!("{:?}", v.channel).to_lowercase())
+                    .unwrap_or_default();
                 self.publish(BusEvent::Position {
+                    channel,
                     conversation_id: conversation_id(conversation),
                     queue_id: self.ids.queue_name(queue).to_owned(),
                     position,
@@ -1044,17 +1074,17 @@ impl Actor {
                             )
                             .await?;
                     }
-                    // The engine took it out of line. A call or a chat ends
-                    // here (the channel plays or shows the message); a
-                    // written request stays stored as it is.
+                    // The engine took it out of line. A call ends here (the
+                    // voice channel plays the message and hangs up). A chat
+                    // is left to its channel (the widget shows the notice;
+                    // closing it here would read "ended by the operator"),
+                    // and written requests never reach a maximum wait.
                     EngineMaxWait::Voicemail | EngineMaxWait::Close { .. } => {
-                        let live = self
-                            .store
-                            .conversation_channel(id)
-                            .await?
-                            .is_some_and(|c| matches!(c, Channel::Voice | Channel::Chat));
-                        if live {
-                            self.store
+                        let voice =
+                            self.store.conversation_channel(id).await? == Some(Channel::Voice);
+                        let closed = voice
+                            && self
+                                .store
                                 .transition(
                                     id,
                                     &[ConversationState::Queued, ConversationState::Offered],
@@ -1065,6 +1095,7 @@ impl Actor {
                                     now_ms,
                                 )
                                 .await?;
+                        if closed {
                             self.changed(id, "closed", None).await?;
                         }
                     }

@@ -130,15 +130,12 @@ impl Conversations {
         if let Some(sender) = self.calls.get(&conversation) {
             return Some((sender.clone(), msg));
         }
-        // What a call must not miss: the offer, the first position (it
+        // What a call must not miss: the offer, and the first position (it
         // ends the call's routing music and starts the announcements and
-        // the callback key; the next one may be a minute away), the
-        // router's notices. Withdrawals and ends of unknown conversations
-        // concern nobody here.
-        if matches!(
-            msg,
-            Msg::Offer { .. } | Msg::Position(_) | Msg::QueueClosed | Msg::MaxWait { .. }
-        ) {
+        // the callback key; the next one may be a minute away). Both come
+        // for voice conversations only (the listener drops the others').
+        // Withdrawals and ends of unknown conversations concern nobody here.
+        if matches!(msg, Msg::Offer { .. } | Msg::Position(_)) {
             let now = Instant::now();
             self.early
                 .retain(|_, (at, _)| now.duration_since(*at) < Self::EARLY_TTL);
@@ -160,6 +157,20 @@ impl Conversations {
             .remove(&conversation)
             .map(|(_, msgs)| msgs)
             .unwrap_or_default()
+    }
+}
+
+/// A call's place among `voice.max_calls`, given back on drop.
+struct ActiveCall(Arc<Shared>);
+
+impl Drop for ActiveCall {
+    fn drop(&mut self) {
+        let left = self
+            .0
+            .active
+            .fetch_sub(1, Ordering::AcqRel)
+            .saturating_sub(1);
+        metrics::gauge!("ccu_voice_calls").set(left as f64);
     }
 }
 
@@ -259,17 +270,19 @@ impl Voice {
 
     /// Whether a new call may start now: under `voice.max_calls` calls at
     /// once and `voice.max_calls_per_second`. Takes its place if so.
-    fn admit(&self) -> Result<(), &'static str> {
+    fn admit(&self) -> Result<ActiveCall, &'static str> {
         let voice = &self.0.state.settings.voice;
-        let admitted = lock(&self.0.admission).check(IpAddr::from([0, 0, 0, 0]), Instant::now());
-        if admitted != RateDecision::Allow {
-            return Err("calls_per_second");
-        }
         if self.0.active.fetch_add(1, Ordering::AcqRel) >= voice.max_calls {
             self.0.active.fetch_sub(1, Ordering::AcqRel);
             return Err("max_calls");
         }
-        Ok(())
+        let place = ActiveCall(self.0.clone());
+        let admitted = lock(&self.0.admission).check(IpAddr::from([0, 0, 0, 0]), Instant::now());
+        if admitted != RateDecision::Allow {
+            return Err("calls_per_second");
+        }
+        metrics::gauge!("ccu_voice_calls").set(self.calls() as f64);
+        Ok(place)
     }
 
     /// Takes an INVITE the trunk gate accepted. Over the limits it gets
@@ -280,27 +293,29 @@ impl Voice {
         let Ok(call_id) = incoming.request.headers.call_id().map(str::to_owned) else {
             return;
         };
-        if let Err(limit) = self.admit() {
-            metrics::counter!("ccu_voice_calls_refused_total", "limit" => limit).increment(1);
-            tracing::debug!(%call_id, limit, "call refused: over the limit");
-            let mut response = incoming
-                .request
-                .response(StatusCode::SERVICE_UNAVAILABLE, incoming.handle.to_tag());
-            response.headers.push(HeaderName::RetryAfter, "1");
-            let _ = incoming.handle.respond(response).await;
-            return;
-        }
+        let place = match self.admit() {
+            Ok(place) => place,
+            Err(limit) => {
+                metrics::counter!("ccu_voice_calls_refused_total", "limit" => limit).increment(1);
+                tracing::debug!(%call_id, limit, "call refused: over the limit");
+                let mut response = incoming
+                    .request
+                    .response(StatusCode::SERVICE_UNAVAILABLE, incoming.handle.to_tag());
+                response.headers.push(HeaderName::RetryAfter, "1");
+                let _ = incoming.handle.respond(response).await;
+                return;
+            }
+        };
         let (tx, rx) = mpsc::channel(256);
         lock(&self.0.calls).insert(call_id.clone(), tx.clone());
         let voice = self.clone();
-        metrics::gauge!("ccu_voice_calls").increment(1.0);
         tokio::spawn(async move {
+            // Given back however the task ends (a panic included).
+            let _place = place;
             if let Err(error) = voice.run_call(incoming, trunk, tx, rx).await {
                 tracing::warn!(%call_id, "call ended with an error: {error:#}");
             }
             voice.forget(&call_id);
-            voice.0.active.fetch_sub(1, Ordering::AcqRel);
-            metrics::gauge!("ccu_voice_calls").decrement(1.0);
         });
     }
 
@@ -383,8 +398,9 @@ impl Voice {
                     conversation_id,
                     position,
                     estimated_wait_seconds,
+                    channel,
                     ..
-                } => (
+                } if channel == "voice" || channel.is_empty() => (
                     *conversation_id,
                     Msg::Position(QueueStatus {
                         position: Some(*position),
@@ -526,6 +542,10 @@ impl Voice {
             .map(|c| c.as_str().to_owned())
             .unwrap_or_default();
         let mut media_config = settings.voice.media.clone();
+        if caller_number.is_empty() {
+            // Nobody to call back: the key is not offered.
+            media_config.announcer.callback_key = None;
+        }
         media_config.announcer.every_seconds =
             settings.routing.announce_every_seconds.max(1).into();
         let config = CallConfig {
@@ -717,7 +737,12 @@ impl Voice {
                         Msg::Hold(true) => call.handle(now, CallInput::Hold),
                         Msg::Hold(false) => call.handle(now, CallInput::Unhold),
                         Msg::QueueClosed => call.handle(now, CallInput::QueueClosed),
-                        Msg::MaxWait { callback } => call.handle(now, CallInput::MaxWait { callback }),
+                        Msg::MaxWait { callback } => {
+                            // An anonymous caller cannot be called back: the
+                            // maximum-wait message, and the call's end closes it.
+                            let callback = callback && !context.caller_number.is_empty();
+                            call.handle(now, CallInput::MaxWait { callback });
+                        }
                         Msg::Position(status) => call.handle(now, CallInput::QueueStatus(status)),
                         Msg::HangUp => call.handle(now, CallInput::HangUp),
                     }
@@ -990,10 +1015,13 @@ impl CallContext {
                         tracing::info!(conversation = conversation.id, %queue, path = %path.join(" "), "call queued");
                         self.conversation = Some(conversation.id);
                         self.queue = queue.clone();
-                        let early =
-                            lock(&shared.conversations).register(conversation.id, self.me.clone());
-                        for msg in early {
-                            let _ = self.me.try_send(msg);
+                        {
+                            // Handed over under the lock, so that nothing the
+                            // listener delivers directly overtakes them.
+                            let mut conversations = lock(&shared.conversations);
+                            for msg in conversations.register(conversation.id, self.me.clone()) {
+                                let _ = self.me.try_send(msg);
+                            }
                         }
                         for event in std::mem::take(&mut self.pending) {
                             self.store_event(conversation.id, event).await;
@@ -1013,8 +1041,11 @@ impl CallContext {
                 let result = match outcome {
                     OfferOutcome::Accepted => {
                         self.answered = true;
-                        metrics::counter!("ccu_voice_calls_answered_total").increment(1);
-                        router.accept(operator, offer).await
+                        let accepted = router.accept(operator, offer).await;
+                        if accepted.is_ok() {
+                            metrics::counter!("ccu_voice_calls_answered_total").increment(1);
+                        }
+                        accepted
                     }
                     OfferOutcome::Declined(_) => router.decline(operator, offer).await,
                     // Rang out, or no device: missed (the operator's misses
@@ -1111,7 +1142,25 @@ impl CallContext {
                 } else if let (Some(conversation), HangupCause::Ivr(CallHangup::MaxWait)) =
                     (self.conversation, cause)
                 {
-                    // The router closed it at the maximum wait.
+                    // The router closed it at the maximum wait, or (an
+                    // anonymous caller at a callback queue's maximum wait)
+                    // it is still in line: closed here, out of the engine.
+                    let closed = shared
+                        .state
+                        .store
+                        .transition(
+                            conversation,
+                            &[ConversationState::Queued, ConversationState::Offered],
+                            ConversationState::Closed,
+                            "closed",
+                            None,
+                            &serde_json::json!({ "reason": "max_wait", "anonymous": true }),
+                            crate::now_ms(),
+                        )
+                        .await;
+                    if matches!(closed, Ok(true)) {
+                        let _ = shared.state.hub.router().ended(conversation, true).await;
+                    }
                     shared.state.hub.announce_end(conversation, "voice").await;
                 } else if let (Some(conversation), HangupCause::Ivr(CallHangup::Closed)) =
                     (self.conversation, cause)

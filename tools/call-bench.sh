@@ -29,8 +29,8 @@ server="$CARGO_TARGET_DIR/release/ccu"
 status=0
 for run in $(seq "$RUNS"); do
   echo "== run $run of $RUNS"
-  "$bench" --server "$server" --mode ivr --rate "$RATE" --seconds "$SECONDS_EACH" 2>/dev/null || status=1
-  "$bench" --server "$server" --mode overload --rate "$SUSTAINABLE" --seconds 20 2>/dev/null || status=1
-  "$bench" --server "$server" --mode bridge --calls "$BRIDGED" --talk-seconds 90 --seconds "$SECONDS_EACH" 2>/dev/null || status=1
+  "$bench" --server "$server" --mode ivr --rate "$RATE" --seconds "$SECONDS_EACH" || status=1
+  "$bench" --server "$server" --mode overload --rate "$SUSTAINABLE" --seconds 20 || status=1
+  "$bench" --server "$server" --mode bridge --calls "$BRIDGED" --talk-seconds 90 --seconds "$SECONDS_EACH" || status=1
 done
 exit $status

@@ -1086,7 +1086,7 @@ impl Engine {
             .get(tier + 1)
             .map(|t| conv.queue_entered_at + t.from_ms);
         let max_wait_at = match &q.config.max_wait {
-            Some((secs, _)) if !conv.max_wait_done => {
+            Some((secs, _)) if !conv.max_wait_done && conv.channel.is_live() => {
                 Some(conv.enqueued_at + i64::from(*secs) * 1000)
             }
             _ => None,
@@ -1755,8 +1755,11 @@ impl Engine {
                 let Some((secs, action)) = q.config.max_wait.clone() else {
                     return;
                 };
+                // A written request (mail, form) waits as long as it takes:
+                // the maximum wait is for callers and chats on the line.
                 if conv.state != ConvState::Waiting
                     || conv.max_wait_done
+                    || !conv.channel.is_live()
                     || now - conv.enqueued_at < i64::from(secs) * 1000
                 {
                     return;

@@ -642,6 +642,33 @@ fn maximum_wait_with_voicemail_takes_the_conversation_out_of_line() {
     assert_eq!(stats.today.max_wait_exits, 1);
 }
 
+#[test]
+fn a_written_request_is_not_taken_out_of_line_at_the_maximum_wait() {
+    let mut w = World::new();
+    let mut q = QueueConfig::new(QueueId(1), OrgId(1), vec![skill(1, 1)]);
+    q.max_wait = Some((
+        120,
+        MaxWaitAction::Close {
+            message: "x".into(),
+        },
+    ));
+    w.queue(q);
+    w.arrive(100, 1, Channel::Email);
+    w.arrive(101, 1, Channel::Webform);
+    w.call(102, 1);
+    let cmds = w.at(3600.0);
+    assert_eq!(
+        cmds.iter()
+            .filter(|c| matches!(c, Command::MaxWaitReached { .. }))
+            .count(),
+        1,
+        "the call only: {cmds:?}"
+    );
+    assert_eq!(w.status(100), Some(ConversationStatus::Waiting));
+    assert_eq!(w.status(101), Some(ConversationStatus::Waiting));
+    assert_eq!(w.status(102), None);
+}
+
 fn office_hours() -> OpeningHours {
     let weekly = WeeklyHours::parse_days(&[("mon-fri", "08:30-12:30")]).unwrap();
     OpeningHours::new(chrono_tz::Europe::Rome, weekly, HolidayCalendar::italy())

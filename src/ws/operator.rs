@@ -287,7 +287,7 @@ impl Console {
                 .find(|e| e.kind == kind)
                 .and_then(|e| serde_json::from_str::<Value>(&e.data).ok())
         };
-        let callback = event_data("callback_requested").is_some();
+        let callback = detail.events.iter().any(|e| e.kind == "callback_requested");
         let number = event_data("call_started")
             .and_then(|d| d["caller"].as_str().map(str::to_owned))
             .filter(|n| !n.is_empty());

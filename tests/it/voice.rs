@@ -736,13 +736,33 @@ async fn ivr_calls(
     rate: u32,
     hold_ms: u32,
 ) -> (bool, Vec<(String, u64)>) {
+    let hold = hold_ms.to_string();
+    sipp_counts(
+        app,
+        &repo_path("tools/sipp/ivr_call.xml"),
+        calls,
+        rate,
+        &["-d", &hold],
+    )
+    .await
+}
+
+/// `calls` runs of `scenario` at `rate` a second from 127.0.0.1 (the
+/// trunk's address): whether sipp succeeded, and its step counts.
+async fn sipp_counts(
+    app: &TestApp,
+    scenario: &std::path::Path,
+    calls: u32,
+    rate: u32,
+    extra: &[&str],
+) -> (bool, Vec<(String, u64)>) {
     let scratch = tempfile::tempdir().unwrap();
     let status = tokio::time::timeout(
         Duration::from_secs(120),
         tokio::process::Command::new(sipp_binary())
             .current_dir(scratch.path())
             .arg("-sf")
-            .arg(repo_path("tools/sipp/ivr_call.xml"))
+            .arg(scenario)
             .args([
                 "-s",
                 NUMBER,
@@ -754,15 +774,9 @@ async fn ivr_calls(
                 "-mi",
                 "127.0.0.1",
             ])
-            .args([
-                "-m",
-                &calls.to_string(),
-                "-r",
-                &rate.to_string(),
-                "-d",
-                &hold_ms.to_string(),
-            ])
+            .args(["-m", &calls.to_string(), "-r", &rate.to_string()])
             .args(["-trace_counts", "-timeout", "60s", "-timeout_error"])
+            .args(extra)
             .arg(app.sip_addr.to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -922,4 +936,76 @@ async fn a_call_waiting_when_the_server_restarts_is_kept_as_a_callback() {
     let offer = console.expect("offer").await;
     assert_eq!(offer["conversation"]["id"], 1, "{offer}");
     assert_eq!(offer["conversation"]["callback"], true, "{offer}");
+}
+
+/// The trunk's address is exempt for its calls only: an OPTIONS flood from
+/// it is limited like anybody's (50 a second, 100 at once; the excess gets
+/// a rationed 503 or nothing, so sipp's calls fail).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_trunk_address_is_still_flood_limited_for_anything_but_calls() {
+    let app = calls_app_with(&[("sip.rate_limit.enabled", json!(true))]).await;
+    let (ok, counts) = sipp_counts(
+        &app,
+        &repo_path("tests/sipp/options.xml"),
+        400,
+        2000,
+        &["-timeout", "10s"],
+    )
+    .await;
+    assert!(
+        !ok,
+        "a flood of 400 OPTIONS in 0.2 s is not all answered: {counts:?}"
+    );
+    let answered = count(&counts, "1_200_Recv");
+    assert!(
+        (100..400).contains(&answered),
+        "the bucket (100) and its refill, not all 400: {counts:?}"
+    );
+}
+
+/// Hanging up while the callback confirmation plays is not an abandon: the
+/// place is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_who_hangs_up_after_the_callback_key_keeps_the_place() {
+    let app = calls_app().await;
+    let output = sipp(
+        app.sip_addr,
+        "call_callback_hangs_up.xml",
+        &["-s", "0612345678"],
+    )
+    .await;
+    assert_sipp_ok(&output, "the caller, who asks for a callback and hangs up");
+    let events = events_until(&app, 1, "call_ended").await;
+    assert!(kinds(&events).contains(&"callback_requested"), "{events:?}");
+    assert!(!kinds(&events).contains(&"abandoned"), "{events:?}");
+    let waiting = conversation(&app, 1).await.unwrap();
+    assert_eq!(waiting["state"], "queued", "{waiting}");
+}
+
+/// The queue's maximum wait with the `callback` action: the caller hears
+/// that they will be called back and the server hangs up; the place is
+/// kept, stored as a callback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_maximum_wait_a_callback_queue_keeps_the_place_and_hangs_up() {
+    let app = calls_app_with(&[
+        ("queues.anagrafe.max_wait_seconds", json!(2)),
+        ("queues.anagrafe.max_wait_action", json!("callback")),
+    ])
+    .await;
+    let output = sipp(
+        app.sip_addr,
+        "call_dtmf_until_bye.xml",
+        &["-s", "0612345678"],
+    )
+    .await;
+    assert_sipp_ok(&output, "the caller, who gets BYE at the maximum wait");
+    let events = events_until(&app, 1, "call_ended").await;
+    assert_eq!(data(event(&events, "call_ended"))["cause"], "callback");
+    assert_eq!(
+        data(event(&events, "callback_requested"))["reason"],
+        "max_wait"
+    );
+    let waiting = conversation(&app, 1).await.unwrap();
+    assert_eq!(waiting["state"], "queued", "{waiting}");
+    assert!(!kinds(&events).contains(&"abandoned"), "{events:?}");
 }

@@ -383,6 +383,10 @@ pub struct Call {
     held_at_local: u64,
     /// A leg whose end is expected (transfer): its BYE does not end the call.
     leaving: Vec<u32>,
+    /// The caller is leaving the queue (a callback was confirmed, or the
+    /// maximum wait): hearing the last prompts, no longer waiting, so a
+    /// hang-up now is not an abandon and offers are turned down.
+    leaving_queue: bool,
     out: VecDeque<CallOutput>,
     ended: Option<HangupCause>,
 }
@@ -470,6 +474,7 @@ impl Call {
             held: false,
             held_at_local: 0,
             leaving: Vec::new(),
+            leaving_queue: false,
             out: VecDeque::new(),
             ended: None,
         }
@@ -585,6 +590,7 @@ impl Call {
                 if self.stage == Stage::Queued
                     && let Some(media) = &mut self.media
                 {
+                    self.leaving_queue = true;
                     media.handle(now, CallEvent::MaxWait { callback });
                 }
             }
@@ -685,6 +691,7 @@ impl Call {
                     _ => HangupCause::Caller,
                 };
                 if cause == HangupCause::Caller
+                    && !self.leaving_queue
                     && matches!(self.stage, Stage::Queued | Stage::Ringing { .. })
                     && let Some(since) = self.queued_at
                 {
@@ -772,6 +779,14 @@ impl Call {
         devices: Vec<Device>,
         ring_for: Option<Duration>,
     ) {
+        if self.leaving_queue {
+            // Called back later, or closed: not this call's to take.
+            self.out.push_back(CallOutput::OfferOutcome {
+                offer,
+                outcome: OfferOutcome::Declined(StatusCode::TEMPORARILY_UNAVAILABLE),
+            });
+            return;
+        }
         if self.stage != Stage::Queued || devices.is_empty() {
             if devices.is_empty() && self.stage == Stage::Queued {
                 self.out
@@ -1080,7 +1095,10 @@ impl Call {
                     });
                 }
             }
-            CallAction::CallbackRequested => self.out.push_back(CallOutput::CallbackRequested),
+            CallAction::CallbackRequested => {
+                self.leaving_queue = true;
+                self.out.push_back(CallOutput::CallbackRequested);
+            }
             CallAction::Hangup { reason, path } => {
                 if self.stage == Stage::Ivr {
                     self.out

@@ -895,7 +895,26 @@ impl Core {
             return;
         }
         let is_ack = request.method == Method::Ack;
-        match self.limiter.check(source.ip(), now) {
+        // A trunk's calls pass (the call layer admits them); its other
+        // requests are limited like anybody's.
+        let call_request = matches!(
+            request.method,
+            Method::Invite
+                | Method::Ack
+                | Method::Bye
+                | Method::Cancel
+                | Method::Info
+                | Method::Prack
+                | Method::Update
+                | Method::Refer
+                | Method::Notify
+        );
+        let decision = if call_request && self.limiter.is_exempt(source.ip()) {
+            RateDecision::Allow
+        } else {
+            self.limiter.check(source.ip(), now)
+        };
+        match decision {
             RateDecision::Allow => {}
             RateDecision::Refuse { retry_after_secs } if !is_ack => {
                 bump(&self.counters.rate_limited_refused);

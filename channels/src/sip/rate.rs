@@ -10,10 +10,14 @@
 //! amplify it. `refusals_per_second = 0` drops from the first excess
 //! request.
 //!
-//! Exempt addresses (the carriers' trunks, [`RateLimiter::exempting`]) are
-//! not limited here: a trunk brings hundreds of calls a second from one
+//! Exempt addresses (the carriers' trunks, [`RateLimiter::exempting`]) may
+//! send call requests past their bucket ([`RateLimiter::is_exempt`], which
+//! the endpoint asks for INVITE, ACK, BYE, CANCEL and the other in-call
+//! methods only): a trunk brings hundreds of calls a second from one
 //! address, and its calls are admitted or refused by the call layer
-//! instead (`voice.max_calls`, `voice.max_calls_per_second`).
+//! instead (`voice.max_calls`, `voice.max_calls_per_second`). Its REGISTER,
+//! OPTIONS and garbage stay limited, and so does a trunk block wider than
+//! a /16 (IPv4) or a /48 (IPv6): a source address can be forged over UDP.
 //!
 //! ```
 //! use std::time::{Duration, Instant};
@@ -109,10 +113,19 @@ impl RateLimiter {
         }
     }
 
-    /// The same limiter, letting every request from `nets` through.
+    /// The same limiter, with `nets` exempt (those no wider than a /16 or
+    /// an IPv6 /48; wider ones are left limited).
     pub fn exempting(mut self, nets: impl IntoIterator<Item = SourceNet>) -> RateLimiter {
-        self.exempt.extend(nets);
+        self.exempt.extend(
+            nets.into_iter()
+                .filter(|net| net.prefix() >= if net.is_ipv4() { 16 } else { 48 }),
+        );
         self
+    }
+
+    /// Whether `source` is in an exempt block.
+    pub fn is_exempt(&self, source: IpAddr) -> bool {
+        self.exempt.iter().any(|net| net.contains(source))
     }
 
     fn refill(&self, bucket: &mut Bucket, now: Instant) {
@@ -124,7 +137,7 @@ impl RateLimiter {
 
     /// Takes a token for a new request from `source` at `now`.
     pub fn check(&mut self, source: IpAddr, now: Instant) -> RateDecision {
-        if !self.config.enabled || self.exempt.iter().any(|net| net.contains(source)) {
+        if !self.config.enabled {
             return RateDecision::Allow;
         }
         if !self.buckets.contains_key(&source) && self.buckets.len() >= self.config.max_sources {
@@ -206,15 +219,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn exempt_sources_are_never_limited_and_others_still_are() {
-        let nets = ["192.0.2.0/24"].into_iter().filter_map(SourceNet::parse);
+    fn exempt_blocks_are_narrow_ones_and_their_buckets_still_count() {
+        let nets = [
+            "192.0.2.0/24",
+            "10.0.0.0/8",
+            "2001:db8:1::/48",
+            "2001:db8::/32",
+        ]
+        .into_iter()
+        .filter_map(SourceNet::parse);
         let mut limiter = RateLimiter::new(config()).exempting(nets);
         let t0 = Instant::now();
         let trunk: IpAddr = "192.0.2.9".parse().unwrap();
-        for _ in 0..1_000 {
-            assert_eq!(limiter.check(trunk, t0), RateDecision::Allow);
-        }
-        assert_eq!(limiter.tracked(), 0);
+        assert!(limiter.is_exempt(trunk));
+        assert!(limiter.is_exempt("2001:db8:1::7".parse().unwrap()));
+        assert!(
+            !limiter.is_exempt("10.1.2.3".parse().unwrap()),
+            "a /8 is too wide"
+        );
+        assert!(
+            !limiter.is_exempt("2001:db8:2::7".parse().unwrap()),
+            "a /32 is too wide"
+        );
+        // What the endpoint does not exempt (REGISTER, OPTIONS) is limited
+        // for a trunk address like for anybody.
+        let allowed = (0..10).filter(|_| limiter.check(trunk, t0) == RateDecision::Allow);
+        assert_eq!(allowed.count(), 5);
         let other: IpAddr = "198.51.100.1".parse().unwrap();
         let decisions: Vec<_> = (0..10).map(|_| limiter.check(other, t0)).collect();
         assert_eq!(

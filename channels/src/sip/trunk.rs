@@ -149,6 +149,15 @@ impl SourceNet {
         Some(SourceNet { network, prefix })
     }
 
+    /// The prefix length.
+    pub fn prefix(&self) -> u8 {
+        self.prefix
+    }
+
+    pub fn is_ipv4(&self) -> bool {
+        self.network.is_ipv4()
+    }
+
     pub fn contains(&self, ip: IpAddr) -> bool {
         // A v4 peer on a dual-stack socket shows up as ::ffff:a.b.c.d.
         match (self.network, ip.to_canonical()) {
