@@ -81,12 +81,16 @@ pub fn start(
         store: state.store.clone(),
         realm: config.registrar.realm.clone(),
     };
+    // The endpoint outlives the calls by a moment at shutdown: each call
+    // hangs up with a BYE (the carrier can tell the caller, and reroute),
+    // which needs the endpoint to send it and hear its 200.
+    let endpoint_stop = CancellationToken::new();
     let (endpoint, requests) = SipEndpoint::start(
         config,
         bound.udp,
         Some(bound.tcp),
         credentials,
-        shutdown.clone(),
+        endpoint_stop.clone(),
     )
     .context("starting the SIP endpoint")?;
     if state.sip.set(endpoint.handle()).is_err() {
@@ -94,6 +98,11 @@ pub fn start(
     }
     let voice = crate::voice::start(state, endpoint.handle(), shutdown.clone())
         .context("starting the call manager")?;
+    tokio::spawn(stop_after_calls(
+        shutdown.clone(),
+        endpoint_stop,
+        voice.clone(),
+    ));
     let tu = tokio::spawn(transaction_user(requests, gate, shutdown, voice));
     Ok(Running { endpoint, tu })
 }
@@ -102,6 +111,22 @@ fn wall_clock() -> Duration {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
+}
+
+/// Once `shutdown` fires, waits for the calls to hang up (at most 2 s:
+/// a BYE's transaction over UDP is answered in a round trip, retransmitted
+/// after 500 ms), then stops the endpoint.
+async fn stop_after_calls(
+    shutdown: CancellationToken,
+    endpoint: CancellationToken,
+    voice: Option<crate::voice::Voice>,
+) {
+    shutdown.cancelled().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while voice.as_ref().is_some_and(|v| v.calls() > 0) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    endpoint.cancel();
 }
 
 /// Requests for the TU: a call's requests (by Call-ID) go to it; new
