@@ -1145,20 +1145,8 @@ impl CallContext {
                     // The router closed it at the maximum wait, or (an
                     // anonymous caller at a callback queue's maximum wait)
                     // it is still in line: closed here, out of the engine.
-                    let closed = shared
-                        .state
-                        .store
-                        .transition(
-                            conversation,
-                            &[ConversationState::Queued, ConversationState::Offered],
-                            ConversationState::Closed,
-                            "closed",
-                            None,
-                            &serde_json::json!({ "reason": "max_wait", "anonymous": true }),
-                            crate::now_ms(),
-                        )
-                        .await;
-                    if matches!(closed, Ok(true)) {
+                    let data = serde_json::json!({ "reason": "max_wait", "anonymous": true });
+                    if self.close_waiting(conversation, &data).await {
                         let _ = shared.state.hub.router().ended(conversation, true).await;
                     }
                     shared.state.hub.announce_end(conversation, "voice").await;
@@ -1168,26 +1156,36 @@ impl CallContext {
                     // The router dropped the waiting call when its queue
                     // closed (a notice, no state change): the caller heard
                     // the closed message; the conversation ends here.
-                    let closed = shared
-                        .state
-                        .store
-                        .transition(
-                            conversation,
-                            &[ConversationState::Queued, ConversationState::Offered],
-                            ConversationState::Closed,
-                            "closed",
-                            None,
-                            &serde_json::json!({ "reason": "queue_closed" }),
-                            crate::now_ms(),
-                        )
-                        .await;
-                    if let Err(error) = closed {
-                        tracing::warn!(conversation, "closing the conversation: {error}");
-                    }
+                    let data = serde_json::json!({ "reason": "queue_closed" });
+                    self.close_waiting(conversation, &data).await;
                     shared.state.hub.announce_end(conversation, "voice").await;
                 }
             }
         }
+    }
+
+    /// Closes the conversation if it is still waiting (queued or offered);
+    /// whether it did.
+    async fn close_waiting(&self, conversation: i64, data: &serde_json::Value) -> bool {
+        let closed = self
+            .voice
+            .0
+            .state
+            .store
+            .transition(
+                conversation,
+                &[ConversationState::Queued, ConversationState::Offered],
+                ConversationState::Closed,
+                "closed",
+                None,
+                data,
+                crate::now_ms(),
+            )
+            .await;
+        closed.unwrap_or_else(|error| {
+            tracing::warn!(conversation, "closing the conversation: {error}");
+            false
+        })
     }
 
     async fn send_sip(

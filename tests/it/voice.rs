@@ -892,19 +892,7 @@ async fn a_caller_who_presses_the_callback_key_keeps_the_place_and_is_offered_as
 /// reason, not abandoned, and is not offered afterwards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_the_maximum_wait_a_closing_queue_tells_the_caller_and_hangs_up() {
-    let app = calls_app_with(&[
-        ("queues.anagrafe.max_wait_seconds", json!(2)),
-        ("queues.anagrafe.max_wait_action", json!("close")),
-    ])
-    .await;
-    let output = sipp(
-        app.sip_addr,
-        "call_dtmf_until_bye.xml",
-        &["-s", "0612345678"],
-    )
-    .await;
-    assert_sipp_ok(&output, "the caller, who gets BYE at the maximum wait");
-    let events = events_until(&app, 1, "call_ended").await;
+    let (app, events) = waits_until_the_maximum_wait("close").await;
     assert_eq!(data(event(&events, "call_ended"))["cause"], "max_wait");
     let closed = conversation(&app, 1).await.unwrap();
     assert_eq!(closed["state"], "closed", "{closed}");
@@ -988,9 +976,23 @@ async fn a_caller_who_hangs_up_after_the_callback_key_keeps_the_place() {
 /// kept, stored as a callback.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_the_maximum_wait_a_callback_queue_keeps_the_place_and_hangs_up() {
+    let (app, events) = waits_until_the_maximum_wait("callback").await;
+    assert_eq!(data(event(&events, "call_ended"))["cause"], "callback");
+    assert_eq!(
+        data(event(&events, "callback_requested"))["reason"],
+        "max_wait"
+    );
+    let waiting = conversation(&app, 1).await.unwrap();
+    assert_eq!(waiting["state"], "queued", "{waiting}");
+    assert!(!kinds(&events).contains(&"abandoned"), "{events:?}");
+}
+
+/// A caller who chooses anagrafe, whose maximum wait is 2 s with `action`,
+/// and stays until the server's BYE; the call's events once it ended.
+async fn waits_until_the_maximum_wait(action: &str) -> (TestApp, Vec<Value>) {
     let app = calls_app_with(&[
         ("queues.anagrafe.max_wait_seconds", json!(2)),
-        ("queues.anagrafe.max_wait_action", json!("callback")),
+        ("queues.anagrafe.max_wait_action", json!(action)),
     ])
     .await;
     let output = sipp(
@@ -1001,12 +1003,5 @@ async fn at_the_maximum_wait_a_callback_queue_keeps_the_place_and_hangs_up() {
     .await;
     assert_sipp_ok(&output, "the caller, who gets BYE at the maximum wait");
     let events = events_until(&app, 1, "call_ended").await;
-    assert_eq!(data(event(&events, "call_ended"))["cause"], "callback");
-    assert_eq!(
-        data(event(&events, "callback_requested"))["reason"],
-        "max_wait"
-    );
-    let waiting = conversation(&app, 1).await.unwrap();
-    assert_eq!(waiting["state"], "queued", "{waiting}");
-    assert!(!kinds(&events).contains(&"abandoned"), "{events:?}");
+    (app, events)
 }
