@@ -303,29 +303,25 @@ fn report(name: &str, run: &mut SippRun, cpu: Duration) {
     run.answer.report("  INVITE → 200 (answered)");
 }
 
-async fn ivr(o: &Options) -> bool {
-    let server = server(o, 100_000, o.rate * 4);
+/// IVR calls (tools/sipp/ivr_call.xml, held `--hold-ms`) at `rate` for
+/// `--seconds`, with the server's CPU over them; reported under `name`.
+async fn ivr_run(o: &Options, server: &Server, rate: u64, name: &str) -> SippRun {
     let pid = server.child.id();
     let hold = o.hold_ms.to_string();
     let cpu = support::cpu_time(pid);
-    let mut run = sipp_calls(
-        o,
-        &server,
-        "ivr_call.xml",
-        o.rate,
-        o.seconds,
-        &["-d", &hold],
-    )
-    .await;
+    let mut run = sipp_calls(o, server, "ivr_call.xml", rate, o.seconds, &["-d", &hold]).await;
     let cpu = support::cpu_time(pid).saturating_sub(cpu);
-    report(
-        &format!("IVR calls at {}/s held {} ms", o.rate, o.hold_ms),
-        &mut run,
-        cpu,
-    );
+    report(name, &mut run, cpu);
+    run
+}
+
+async fn ivr(o: &Options) -> bool {
+    let server = server(o, 100_000, o.rate * 4);
+    let name = format!("IVR calls at {}/s held {} ms", o.rate, o.hold_ms);
+    let mut run = ivr_run(o, &server, o.rate, &name).await;
     println!(
         "  server RSS after the run: {} MiB",
-        support::rss_kib(pid) / 1024
+        support::rss_kib(server.child.id()) / 1024
     );
     let p99 = run.answer.quantile_ms(0.99);
     let pass = run.ok
@@ -342,47 +338,20 @@ async fn ivr(o: &Options) -> bool {
 
 async fn overload(o: &Options) -> bool {
     let server = server(o, 100_000, o.rate);
-    let pid = server.child.id();
     let client = reqwest::Client::new();
-    let hold = o.hold_ms.to_string();
     let refused_before = support::metric(&client, &server, "ccu_voice_calls_refused_total").await;
-    let cpu = support::cpu_time(pid);
-    let mut surge = sipp_calls(
-        o,
-        &server,
-        "ivr_call.xml",
+    let name = format!(
+        "surge at {}/s (voice.max_calls_per_second = {})",
         o.rate * 2,
-        o.seconds,
-        &["-d", &hold],
-    )
-    .await;
-    let cpu = support::cpu_time(pid).saturating_sub(cpu);
+        o.rate
+    );
+    let mut surge = ivr_run(o, &server, o.rate * 2, &name).await;
     let refused_surge =
         support::metric(&client, &server, "ccu_voice_calls_refused_total").await - refused_before;
-    report(
-        &format!(
-            "surge at {}/s (voice.max_calls_per_second = {})",
-            o.rate * 2,
-            o.rate
-        ),
-        &mut surge,
-        cpu,
-    );
     println!("  the server counted {refused_surge:.0} calls refused");
     // The carrier backs off; the load drops to what the server sustains.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let cpu = support::cpu_time(pid);
-    let mut after = sipp_calls(
-        o,
-        &server,
-        "ivr_call.xml",
-        o.rate,
-        o.seconds,
-        &["-d", &hold],
-    )
-    .await;
-    let cpu = support::cpu_time(pid).saturating_sub(cpu);
-    report(&format!("then at {}/s", o.rate), &mut after, cpu);
+    let after = ivr_run(o, &server, o.rate, &format!("then at {}/s", o.rate)).await;
     let surge_ok = surge.ok
         && surge.failed == 0
         && surge.timeouts == 0

@@ -588,12 +588,7 @@ pub async fn start(
             let number = store
                 .get_conversation(&crate::store::Scope::All, c.id)
                 .await?
-                .and_then(|detail| {
-                    let started = detail.events.iter().find(|e| e.kind == "call_started")?;
-                    let data: serde_json::Value = serde_json::from_str(&started.data).ok()?;
-                    data["caller"].as_str().map(str::to_owned)
-                })
-                .filter(|number| !number.is_empty());
+                .and_then(|detail| detail.caller_number());
             let Some(number) = number else {
                 store
                     .transition(
@@ -612,7 +607,7 @@ pub async fn start(
                 .append_event(
                     c.id,
                     now_ms,
-                    "callback_requested",
+                    crate::store::CALLBACK_REQUESTED,
                     Some(&c.queue_id),
                     None,
                     &serde_json::json!({ "reason": "restart", "number": number }),
@@ -1067,7 +1062,7 @@ impl Actor {
                             .append_event(
                                 id,
                                 now_ms,
-                                "callback_requested",
+                                crate::store::CALLBACK_REQUESTED,
                                 Some(self.ids.queue_name(queue)),
                                 None,
                                 &serde_json::json!({ "reason": "max_wait" }),

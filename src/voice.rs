@@ -1111,7 +1111,7 @@ impl CallContext {
                     .append_event(
                         conversation,
                         crate::now_ms(),
-                        "callback_requested",
+                        crate::store::CALLBACK_REQUESTED,
                         Some(&self.queue),
                         None,
                         &serde_json::json!({ "reason": "key", "number": self.caller_number }),

@@ -527,6 +527,28 @@ pub struct ConversationDetail {
     pub messages: Vec<Message>,
 }
 
+/// The event that keeps a waiting call's place as a callback (the caller's
+/// key, a callback queue's maximum wait, a restart that cut the call).
+pub const CALLBACK_REQUESTED: &str = "callback_requested";
+
+impl ConversationDetail {
+    /// Whether the citizen waits to be called back.
+    pub fn is_callback(&self) -> bool {
+        self.events.iter().any(|e| e.kind == CALLBACK_REQUESTED)
+    }
+
+    /// The number a call came from (its `call_started` event), unless the
+    /// caller was anonymous.
+    pub fn caller_number(&self) -> Option<String> {
+        let started = self.events.iter().find(|e| e.kind == "call_started")?;
+        let data: serde_json::Value = serde_json::from_str(&started.data).ok()?;
+        data["caller"]
+            .as_str()
+            .filter(|number| !number.is_empty())
+            .map(str::to_owned)
+    }
+}
+
 /// Filters and paging for listing conversations, newest first.
 #[derive(Debug, Clone, Default)]
 pub struct ConversationFilter {
@@ -1164,10 +1186,11 @@ impl Store {
     /// (a `callback_requested` event), for the router's restore.
     pub async fn callback_conversations(&self) -> Result<Vec<i64>> {
         let sql = "SELECT DISTINCT c.id FROM conversations c JOIN conversation_events e \
-                   ON e.conversation_id = c.id AND e.kind = 'callback_requested' \
+                   ON e.conversation_id = c.id AND e.kind = $3 \
                    WHERE c.state IN ($1, $2) ORDER BY c.id";
         let ids: Vec<(i64,)> = with_pool!(self, pool => sqlx::query_as(sql)
             .bind(ConversationState::Queued.as_str()).bind(ConversationState::Offered.as_str())
+            .bind(CALLBACK_REQUESTED)
             .fetch_all(pool).await?);
         Ok(ids.into_iter().map(|(id,)| id).collect())
     }

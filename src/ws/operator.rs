@@ -279,18 +279,8 @@ impl Console {
             .ok_or(ApiError::NotFound("conversation"))?;
         // A callback (the citizen asked, or a restart cut the call): the
         // operator calls back the number the call came from.
-        let event_data = |kind: &str| {
-            detail
-                .events
-                .iter()
-                .rev()
-                .find(|e| e.kind == kind)
-                .and_then(|e| serde_json::from_str::<Value>(&e.data).ok())
-        };
-        let callback = detail.events.iter().any(|e| e.kind == "callback_requested");
-        let number = event_data("call_started")
-            .and_then(|d| d["caller"].as_str().map(str::to_owned))
-            .filter(|n| !n.is_empty());
+        let callback = detail.is_callback();
+        let number = detail.caller_number();
         let c = detail.conversation;
         let contact = match c.contact_id {
             Some(id) => self.state.store.contact(id).await?,

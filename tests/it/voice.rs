@@ -859,12 +859,7 @@ async fn a_trunk_brings_hundreds_of_calls_a_second_past_the_per_address_flood_li
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caller_who_presses_the_callback_key_keeps_the_place_and_is_offered_as_a_callback() {
     let app = calls_app().await;
-    let output = sipp(app.sip_addr, "call_callback.xml", &["-s", "0612345678"]).await;
-    assert_sipp_ok(
-        &output,
-        "the caller, who asks to be called back and gets BYE",
-    );
-    let events = events_until(&app, 1, "callback_requested").await;
+    let events = call_to_its_end(&app, "call_callback.xml").await;
     let requested = data(event(&events, "callback_requested"));
     assert_eq!(requested["reason"], "key", "{requested}");
     assert_eq!(requested["number"], "+393331234567", "{requested}");
@@ -957,14 +952,7 @@ async fn the_trunk_address_is_still_flood_limited_for_anything_but_calls() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caller_who_hangs_up_after_the_callback_key_keeps_the_place() {
     let app = calls_app().await;
-    let output = sipp(
-        app.sip_addr,
-        "call_callback_hangs_up.xml",
-        &["-s", "0612345678"],
-    )
-    .await;
-    assert_sipp_ok(&output, "the caller, who asks for a callback and hangs up");
-    let events = events_until(&app, 1, "call_ended").await;
+    let events = call_to_its_end(&app, "call_callback_hangs_up.xml").await;
     assert!(kinds(&events).contains(&"callback_requested"), "{events:?}");
     assert!(!kinds(&events).contains(&"abandoned"), "{events:?}");
     let waiting = conversation(&app, 1).await.unwrap();
@@ -995,13 +983,14 @@ async fn waits_until_the_maximum_wait(action: &str) -> (TestApp, Vec<Value>) {
         ("queues.anagrafe.max_wait_action", json!(action)),
     ])
     .await;
-    let output = sipp(
-        app.sip_addr,
-        "call_dtmf_until_bye.xml",
-        &["-s", "0612345678"],
-    )
-    .await;
-    assert_sipp_ok(&output, "the caller, who gets BYE at the maximum wait");
-    let events = events_until(&app, 1, "call_ended").await;
+    let events = call_to_its_end(&app, "call_dtmf_until_bye.xml").await;
     (app, events)
+}
+
+/// One call of `scenario` to the number, which must go as the scenario
+/// says; the events of conversation 1 once its call ended.
+async fn call_to_its_end(app: &TestApp, scenario: &str) -> Vec<Value> {
+    let output = sipp(app.sip_addr, scenario, &["-s", "0612345678"]).await;
+    assert_sipp_ok(&output, scenario);
+    events_until(app, 1, "call_ended").await
 }
