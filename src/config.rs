@@ -1108,6 +1108,33 @@ pub struct VoiceSettings {
     pub max_calls_per_second: u32,
     /// Relay (latching, media timeout) and announcer (callback key, music).
     pub media: ccu_channels::media::call::CallMediaConfig,
+    /// Callbacks the server places through a trunk's `outbound`.
+    pub callback: CallbackSettings,
+}
+
+/// `[voice.callback]`: how the server calls citizens back. It places the
+/// call only if a trunk has an `outbound` (otherwise the operator who
+/// accepts the callback offer dials the number shown in the console).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CallbackSettings {
+    /// Calls to the citizen (busy, no answer, failed) before the callback
+    /// is given up and the conversation closed.
+    pub attempts: u32,
+    /// The wait before the next attempt.
+    pub retry_seconds: u64,
+    /// How long the citizen's phone rings before it counts as no answer.
+    pub ring_seconds: u64,
+}
+
+impl Default for CallbackSettings {
+    fn default() -> Self {
+        Self {
+            attempts: 3,
+            retry_seconds: 300,
+            ring_seconds: 30,
+        }
+    }
 }
 
 impl Default for VoiceSettings {
@@ -1120,6 +1147,7 @@ impl Default for VoiceSettings {
             max_calls: 500,
             max_calls_per_second: 300,
             media: ccu_channels::media::call::CallMediaConfig::default(),
+            callback: CallbackSettings::default(),
         }
     }
 }
@@ -1181,6 +1209,8 @@ impl Settings {
             ));
         }
         positive("voice.ring_timeout_seconds", voice.ring_timeout_seconds)?;
+        positive("voice.callback.attempts", voice.callback.attempts.into())?;
+        positive("voice.callback.ring_seconds", voice.callback.ring_seconds)?;
         positive("voice.max_calls", voice.max_calls as u64)?;
         positive(
             "voice.max_calls_per_second",

@@ -409,6 +409,23 @@ impl RouterHandle {
         .await
     }
 
+    /// A callback did not reach the citizen: the conversation waits again
+    /// in its place and is offered from `not_before` (Unix ms) on.
+    pub async fn callback_retry(
+        &self,
+        conversation: i64,
+        not_before: i64,
+    ) -> Result<(), RouterError> {
+        self.request(
+            Event::CallbackRetry {
+                conversation: conversation_key(conversation),
+                not_before: Timestamp::from_millis(not_before),
+            },
+            None,
+        )
+        .await
+    }
+
     pub async fn transfer_to_queue(
         &self,
         conversation: i64,
@@ -1280,6 +1297,7 @@ fn requeue_outcome(reason: RequeueReason) -> &'static str {
         RequeueReason::Rejected => "declined",
         RequeueReason::Missed => "missed",
         RequeueReason::OperatorUnavailable => "withdrawn",
+        RequeueReason::CallbackRetry => "callback_retry",
     }
 }
 

@@ -50,6 +50,8 @@ use crate::config::{Channel, ClosedAction, PortRange};
 use crate::hub::Arrival;
 use crate::store::ConversationState;
 
+mod callback;
+
 /// What a call task hears.
 enum Msg {
     /// A request of one of its dialogs (or an ACK).
@@ -382,15 +384,28 @@ impl Voice {
                     operator_id,
                     channel,
                     expires_at,
+                    callback,
                     ..
-                } if channel == "voice" => (
-                    *conversation_id,
-                    Msg::Offer {
-                        offer: *offer_id,
-                        operator: *operator_id,
-                        expires_at: *expires_at,
-                    },
-                ),
+                } if channel == "voice" => {
+                    if *callback
+                        && self.start_callback(callback::CallbackOffer {
+                            conversation: *conversation_id,
+                            offer: *offer_id,
+                            operator: *operator_id,
+                            expires_at: *expires_at,
+                        })
+                    {
+                        continue;
+                    }
+                    (
+                        *conversation_id,
+                        Msg::Offer {
+                            offer: *offer_id,
+                            operator: *operator_id,
+                            expires_at: *expires_at,
+                        },
+                    )
+                }
                 BusEvent::OfferWithdrawn {
                     conversation_id, ..
                 } => (*conversation_id, Msg::Withdraw),
@@ -662,67 +677,21 @@ impl Voice {
                     let now = Instant::now();
                     match msg {
                         Msg::Request(incoming) => {
-                            let request = &incoming.request;
-                            let call_id = request.headers.call_id().unwrap_or_default().to_owned();
-                            let leg = if call_id == context.caller_call_id {
-                                Some(SipLeg::Caller)
-                            } else {
-                                call.phone_leg(&call_id)
-                            };
-                            // Kept only for a leg the call answers: a request
-                            // answered 481 below must not leave an entry behind.
-                            if leg.is_some()
-                                && let Ok(cseq) = request.headers.cseq()
-                                && request.method != Method::Ack
-                            {
-                                handles.insert((call_id.clone(), cseq.seq, cseq.method.to_string()), incoming.handle.clone());
-                            }
-                            match leg {
-                                Some(leg) => call.handle(now, CallInput::Sip { leg, event: DialogEvent::Request(request) }),
-                                None if request.method != Method::Ack => {
-                                    let response = request.response(StatusCode::CALL_DOES_NOT_EXIST, incoming.handle.to_tag());
-                                    let _ = incoming.handle.respond(response).await;
-                                }
-                                None => {}
+                            let leg = context.request_leg(&incoming, &mut handles, |id| call.phone_leg(id)).await;
+                            if let Some(leg) = leg {
+                                call.handle(now, CallInput::Sip { leg, event: DialogEvent::Request(&incoming.request) });
                             }
                         }
-                        Msg::Client { leg, method, outcome } => match outcome {
-                            ClientOutcome::Response(response) => {
-                                call.handle(now, CallInput::Sip { leg, event: DialogEvent::Response(&response) });
-                            }
-                            ClientOutcome::Timeout | ClientOutcome::TransportError => {
-                                call.handle(now, CallInput::Sip { leg, event: DialogEvent::RequestFailed { method } });
-                            }
-                        },
+                        Msg::Client { leg, method, outcome } => {
+                            call.handle(now, CallInput::Sip { leg, event: client_event(method, &outcome) });
+                        }
                         Msg::Offer { offer, operator, expires_at } => {
                             // Offered while bridged: the console transferred
                             // the conversation and the router offered it
                             // before the change reached us.
                             context.requeue_if_bridged(&mut call, now);
                             let conversation = context.conversation.unwrap_or_default();
-                            let bindings = shared.sip.bindings(OperatorId(operator));
-                            let mut devices = Vec::new();
-                            context.ringing.clear();
-                            for binding in bindings {
-                                let device = Device {
-                                    target: binding.contact.uri.clone(),
-                                    source_ip: binding.source.ip(),
-                                    call_id: format!("{:016x}@ccu", random_u64()),
-                                    local_tag: format!("{:012x}", random_u64() >> 16),
-                                };
-                                let target = match binding.transport {
-                                    TransportKind::Udp => Target::Udp(binding.source),
-                                    TransportKind::Tcp => Target::Tcp(binding.source),
-                                };
-                                context.phones.insert(device.call_id.clone(), target);
-                                context.ringing.push(serde_json::json!({
-                                    "call_id": device.call_id,
-                                    "contact": binding.contact.uri.to_string(),
-                                    "transport": binding.transport.to_string(),
-                                }));
-                                lock(&shared.calls).insert(device.call_id.clone(), context.me.clone());
-                                devices.push(device);
-                            }
+                            let devices = context.devices(operator);
                             context.operator = Some((offer, operator));
                             tracing::info!(offer, operator, devices = devices.len(), "ringing the operator's phones");
                             // The phone rings until the offer expires (the
@@ -797,6 +766,34 @@ struct PendingEvent {
     kind: &'static str,
     operator: Option<i64>,
     data: serde_json::Value,
+}
+
+/// What became of a request we sent, for its dialog.
+fn client_event(method: Method, outcome: &ClientOutcome) -> DialogEvent<'_> {
+    match outcome {
+        ClientOutcome::Response(response) => DialogEvent::Response(response),
+        ClientOutcome::Timeout | ClientOutcome::TransportError => {
+            DialogEvent::RequestFailed { method }
+        }
+    }
+}
+
+/// Sends an RTP packet from the media leg's socket. A full socket buffer
+/// loses the packet (RTP does not wait): counted, so that a relay loss shows.
+fn send_rtp(
+    leg: Leg,
+    to: SocketAddr,
+    bytes: &[u8],
+    caller_socket: &std::net::UdpSocket,
+    phone_socket: &std::net::UdpSocket,
+) {
+    let socket = match leg {
+        Leg::A => caller_socket,
+        Leg::B => phone_socket,
+    };
+    if socket.send_to(bytes, to).is_err() {
+        metrics::counter!("ccu_rtp_send_errors_total").increment(1);
+    }
 }
 
 /// Calls by how they ended, and the relay's packets over the call
@@ -880,6 +877,17 @@ fn call_event(record: &CallRecord) -> (&'static str, Option<i64>, serde_json::Va
             }),
         ),
         CallRecord::Transferred { to } => ("call_transferred", None, json!({ "to": to })),
+        CallRecord::CallbackDialing { number } => {
+            ("callback_dialing", None, json!({ "uri": number }))
+        }
+        CallRecord::CallbackAttempt { end } => (
+            crate::store::CALLBACK_ATTEMPT,
+            None,
+            json!({
+                "result": end.map_or("answered", |e| e.as_str()),
+                "status": end.and_then(|e| e.status()).map(|s| s.as_u16()),
+            }),
+        ),
         CallRecord::Hangup {
             cause,
             relayed_to_caller,
@@ -897,6 +905,72 @@ fn call_event(record: &CallRecord) -> (&'static str, Option<i64>, serde_json::Va
 }
 
 impl CallContext {
+    /// The leg of the task's dialog a request belongs to (by Call-ID), its
+    /// server transaction kept for the answer; a request for no leg of ours
+    /// is answered `481` here (an ACK, nothing).
+    async fn request_leg(
+        &self,
+        incoming: &IncomingRequest,
+        handles: &mut HashMap<(String, u32, String), ServerTxHandle>,
+        phone_leg: impl Fn(&str) -> Option<SipLeg>,
+    ) -> Option<SipLeg> {
+        let request = &incoming.request;
+        let call_id = request.headers.call_id().unwrap_or_default().to_owned();
+        let leg = if call_id == self.caller_call_id {
+            Some(SipLeg::Caller)
+        } else {
+            phone_leg(&call_id)
+        };
+        match leg {
+            // Kept only for a leg that answers: a request answered 481 must
+            // not leave an entry behind.
+            Some(_) => {
+                if let Ok(cseq) = request.headers.cseq()
+                    && request.method != Method::Ack
+                {
+                    let key = (call_id, cseq.seq, cseq.method.to_string());
+                    handles.insert(key, incoming.handle.clone());
+                }
+            }
+            None if request.method != Method::Ack => {
+                let response =
+                    request.response(StatusCode::CALL_DOES_NOT_EXIST, incoming.handle.to_tag());
+                let _ = incoming.handle.respond(response).await;
+            }
+            None => {}
+        }
+        leg
+    }
+
+    /// The operator's registered phones, each a new leg of this call (its
+    /// Call-ID routed here, its address kept for the INVITE).
+    fn devices(&mut self, operator: i64) -> Vec<Device> {
+        let shared = &self.voice.0;
+        let mut devices = Vec::new();
+        self.ringing.clear();
+        for binding in shared.sip.bindings(OperatorId(operator)) {
+            let device = Device {
+                target: binding.contact.uri.clone(),
+                source_ip: binding.source.ip(),
+                call_id: format!("{:016x}@ccu", random_u64()),
+                local_tag: format!("{:012x}", random_u64() >> 16),
+            };
+            let target = match binding.transport {
+                TransportKind::Udp => Target::Udp(binding.source),
+                TransportKind::Tcp => Target::Tcp(binding.source),
+            };
+            self.phones.insert(device.call_id.clone(), target);
+            self.ringing.push(serde_json::json!({
+                "call_id": device.call_id,
+                "contact": binding.contact.uri.to_string(),
+                "transport": binding.transport.to_string(),
+            }));
+            lock(&shared.calls).insert(device.call_id.clone(), self.me.clone());
+            devices.push(device);
+        }
+        devices
+    }
+
     /// A transfer from the console (the conversation is queued again while
     /// the call is bridged): the operator's phone is hung up and the caller
     /// waits with music for the next offer.
@@ -976,15 +1050,7 @@ impl CallContext {
         let shared = &self.voice.0;
         match output {
             CallOutput::Rtp { leg, to, bytes } => {
-                let socket = match leg {
-                    Leg::A => caller_socket,
-                    Leg::B => phone_socket,
-                };
-                // A full socket buffer loses the packet (RTP does not wait):
-                // counted, so that a relay loss shows.
-                if socket.send_to(&bytes, to).is_err() {
-                    metrics::counter!("ccu_rtp_send_errors_total").increment(1);
-                }
+                send_rtp(leg, to, &bytes, caller_socket, phone_socket);
             }
             CallOutput::Sip { leg, send } => self.send_sip(leg, send, handles).await,
             CallOutput::Route {
@@ -1034,28 +1100,7 @@ impl CallContext {
                 }
             }
             CallOutput::OfferOutcome { offer, outcome } => {
-                let Some((_, operator)) = self.operator.filter(|(o, _)| *o == offer) else {
-                    return;
-                };
-                let router = shared.state.hub.router();
-                let result = match outcome {
-                    OfferOutcome::Accepted => {
-                        self.answered = true;
-                        let accepted = router.accept(operator, offer).await;
-                        if accepted.is_ok() {
-                            metrics::counter!("ccu_voice_calls_answered_total").increment(1);
-                        }
-                        accepted
-                    }
-                    OfferOutcome::Declined(_) => router.decline(operator, offer).await,
-                    // Rang out, or no device: missed (the operator's misses
-                    // count towards not-ready). The router may have timed
-                    // the offer out itself a moment before.
-                    OfferOutcome::Missed => router.missed(operator, offer).await,
-                };
-                if let Err(error) = result {
-                    tracing::warn!(offer, operator, ?outcome, "router: {error}");
-                }
+                self.offer_outcome(offer, outcome).await;
             }
             CallOutput::Abandoned { wait } => {
                 if let Some(conversation) = self.conversation {
@@ -1089,14 +1134,7 @@ impl CallContext {
                     self.answered = false;
                 }
             }
-            CallOutput::Record(record) => {
-                tracing::debug!(conversation = ?self.conversation, ?record, "call record");
-                let (kind, operator, mut data) = call_event(&record);
-                if let CallRecord::Rang { .. } = record {
-                    data["devices"] = serde_json::Value::Array(std::mem::take(&mut self.ringing));
-                }
-                self.record_event(kind, operator, data).await;
-            }
+            CallOutput::Record(record) => self.record(record).await,
             CallOutput::CallbackRequested => {
                 // The caller pressed the callback key: the place is kept
                 // (stored first, then the router), the caller hears the
@@ -1162,6 +1200,46 @@ impl CallContext {
                 }
             }
         }
+    }
+
+    /// Tells the router how the offer went; whether the router gave the
+    /// conversation to the operator (an accepted offer it still had).
+    async fn offer_outcome(&mut self, offer: u64, outcome: OfferOutcome) -> bool {
+        let Some((_, operator)) = self.operator.filter(|(o, _)| *o == offer) else {
+            return false;
+        };
+        let router = self.voice.0.state.hub.router();
+        let result = match outcome {
+            OfferOutcome::Accepted => {
+                // Even if the router says no (the console accepted it a
+                // moment before): the phone talks, and the end completes it.
+                self.answered = true;
+                let accepted = router.accept(operator, offer).await;
+                if accepted.is_ok() {
+                    metrics::counter!("ccu_voice_calls_answered_total").increment(1);
+                }
+                accepted
+            }
+            OfferOutcome::Declined(_) => router.decline(operator, offer).await,
+            // Rang out, or no device: missed (the operator's misses count
+            // towards not-ready). The router may have timed the offer out
+            // itself a moment before.
+            OfferOutcome::Missed => router.missed(operator, offer).await,
+        };
+        if let Err(error) = &result {
+            tracing::warn!(offer, operator, ?outcome, "router: {error}");
+        }
+        outcome == OfferOutcome::Accepted && result.is_ok()
+    }
+
+    /// Stores a call record as a conversation event.
+    async fn record(&mut self, record: CallRecord) {
+        tracing::debug!(conversation = ?self.conversation, ?record, "call record");
+        let (kind, operator, mut data) = call_event(&record);
+        if let CallRecord::Rang { .. } = record {
+            data["devices"] = serde_json::Value::Array(std::mem::take(&mut self.ringing));
+        }
+        self.record_event(kind, operator, data).await;
     }
 
     /// Closes the conversation if it is still waiting (queued or offered);

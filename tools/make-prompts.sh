@@ -64,6 +64,9 @@ italian() {
   say it "$d/callback_offer.wav" "Se preferisce essere richiamato, prema 9."
   say it "$d/callback_confirmed.wav" "Grazie. La richiameremo appena un operatore sarà disponibile."
   say it "$d/max_wait.wav" "Ci scusiamo per l'attesa: in questo momento tutti gli operatori sono occupati. La preghiamo di richiamare più tardi, o di scriverci con il modulo online sul sito del Comune."
+  say it "$d/callback_dialing.wav" "Richiamata in corso: stiamo chiamando il cittadino, resti in linea."
+  say it "$d/callback_no_answer.wav" "Il cittadino non ha risposto. La richiamata sarà ripetuta più tardi."
+  say it "$d/voicemail.wav" "Può lasciare un messaggio dopo il segnale acustico: un operatore la richiamerà. Per terminare, riagganci."
   say it "$d/goodbye.wav" "Grazie per aver chiamato. Arrivederci."
   local words=(zero uno due tre quattro cinque sei sette otto nove dieci undici dodici tredici quattordici quindici sedici diciassette diciotto diciannove venti)
   local n
@@ -102,6 +105,9 @@ english() {
   say en "$d/callback_offer.wav" "If you would rather be called back, press 9."
   say en "$d/callback_confirmed.wav" "Thank you. We will call you back as soon as an operator is available."
   say en "$d/max_wait.wav" "We are sorry for the wait: all our operators are busy. Please call again later, or write to us with the form on the city's website."
+  say en "$d/callback_dialing.wav" "Callback in progress: we are calling the citizen, please hold."
+  say en "$d/callback_no_answer.wav" "The citizen did not answer. The callback will be tried again later."
+  say en "$d/voicemail.wav" "You may leave a message after the tone: an operator will call you back. To finish, hang up."
   say en "$d/goodbye.wav" "Thank you for calling. Goodbye."
   local words=(zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen nineteen twenty)
   local n
@@ -125,6 +131,8 @@ music() {
   sox -n -r 8000 -c 1 -b 16 "$tmp/pad.wav" synth 8 sine A2 sine E3 remix - fade h 1 8 1 vol 0.12
   sox -m "$tmp/melody.wav" "$tmp/pad.wav" -r 8000 -c 1 -e u-law -b 8 "$d/hold.wav" \
     norm -6 fade h 0.05 8 0.05
+  # The tone before a voice message is recorded: 1 kHz for 0.4 s.
+  sox -n -r 8000 -c 1 -e u-law -b 8 "$d/beep.wav" synth 0.4 sine 1000 vol 0.5 fade q 0.01 0.4 0.01
 }
 
 italian

@@ -10,6 +10,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ccu_channels::call::callback::{
+    Callback, CallbackConfig, CallbackEnd, CallbackInput, CallbackOutput, CallbackSetup, CitizenEnd,
+};
 use ccu_channels::call::{
     Call, CallConfig, CallInput, CallOutput, CallRecord, CallSetup, Device, HangupCause, OfferEnd,
     OfferOutcome, SipLeg, SipSend,
@@ -996,4 +999,432 @@ fn invite_head() -> Vec<u8> {
         .expect("head")
         .to_owned();
     head.into_bytes()
+}
+
+// The callback call ([`Callback`]): the operator's phone first, then the
+// citizen through the trunk.
+
+struct CallbackHarness {
+    callback: Callback,
+    t0: Instant,
+    now: Instant,
+    out: Vec<CallOutput>,
+    ended: Option<CallbackEnd>,
+}
+
+impl CallbackHarness {
+    fn new(devices: Vec<Device>) -> CallbackHarness {
+        let (library, _) = library_and_ivr();
+        let t0 = Instant::now();
+        let dialog = DialogConfig::new(
+            Uri::parse("sip:ccu@192.0.2.1:5060").expect("uri"),
+            "192.0.2.1:5060",
+        );
+        let config = CallbackConfig {
+            phone_dialog: dialog.clone(),
+            citizen_dialog: dialog,
+            relay: Default::default(),
+            ring_timeout: Duration::from_secs(15),
+            citizen_ring_timeout: Duration::from_secs(30),
+            music: "hold".into(),
+        };
+        let start = |ssrc| StreamStart {
+            ssrc,
+            sequence: 100,
+            timestamp: 1000,
+        };
+        let setup = CallbackSetup {
+            offer: 7,
+            operator: 3,
+            conversation: 42,
+            devices,
+            ring_for: None,
+            display: ccu_channels::sip::header::Address::new(
+                Uri::parse("sip:+393331234567@192.0.2.1").expect("uri"),
+            ),
+            phone_headers: vec![(HeaderName::Other("X-CCU-Callback".into()), "1".into())],
+            citizen: Uri::parse("sip:+393331234567@203.0.113.5:5060;user=phone").expect("uri"),
+            caller_id: ccu_channels::sip::header::Address::new(
+                Uri::parse("sip:+390200000000@192.0.2.1").expect("uri"),
+            ),
+            citizen_call_id: "cb-1@ccu".into(),
+            citizen_tag: "cbt".into(),
+            trunk_ip: "203.0.113.5".parse().expect("ip"),
+            phone_media: LocalMedia::new("192.0.2.1".parse().expect("ip"), 20_002, 22),
+            citizen_media: LocalMedia::new("192.0.2.1".parse().expect("ip"), 20_000, 11),
+            citizen_stream: start(0xA),
+            operator_stream: start(0xC),
+            player_stream: start(0xB),
+            library,
+            language: "it".into(),
+        };
+        let mut harness = CallbackHarness {
+            callback: Callback::new(t0, config, setup),
+            t0,
+            now: t0,
+            out: Vec::new(),
+            ended: None,
+        };
+        harness.drain();
+        harness
+    }
+
+    fn drain(&mut self) {
+        while let Some(output) = self.callback.poll(self.now) {
+            match output {
+                CallbackOutput::Call(output) => self.out.push(output),
+                CallbackOutput::Ended(end) => {
+                    assert!(self.ended.is_none(), "ended twice");
+                    self.ended = Some(end);
+                }
+            }
+        }
+    }
+
+    fn input(&mut self, input: CallbackInput<'_>) {
+        self.callback.handle(self.now, input);
+        self.drain();
+    }
+
+    fn sip(&mut self, leg: SipLeg, event: DialogEvent<'_>) {
+        self.input(CallbackInput::Sip { leg, event });
+    }
+
+    fn advance_to(&mut self, at: Duration) {
+        let end = self.t0 + at;
+        while let Some(deadline) = self.callback.next_deadline() {
+            if deadline > end {
+                break;
+            }
+            assert!(deadline >= self.now, "a deadline in the past");
+            self.now = deadline;
+            self.drain();
+        }
+        self.now = end;
+        self.drain();
+    }
+
+    fn take(&mut self) -> Vec<CallOutput> {
+        std::mem::take(&mut self.out)
+    }
+
+    /// The INVITEs sent, by leg.
+    fn invites(outputs: &[CallOutput]) -> Vec<(SipLeg, Request)> {
+        outputs
+            .iter()
+            .filter_map(|o| match o {
+                CallOutput::Sip {
+                    leg,
+                    send: SipSend::Request(r),
+                } if r.method == Method::Invite => Some((*leg, r.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The operator's first device answers and the router gives them the
+    /// conversation; returns the phone's leg, its INVITE and the citizen's.
+    fn operator_takes_it(&mut self) -> (SipLeg, Request, Request) {
+        let invites = Self::invites(&self.take());
+        let (leg, invite) = invites[0].clone();
+        assert_eq!(
+            invite
+                .headers
+                .get(&HeaderName::Other("X-CCU-Callback".into())),
+            Some("1")
+        );
+        self.sip(
+            leg,
+            DialogEvent::Response(&phone_reply(
+                &invite,
+                200,
+                "p1",
+                Some(&phone_answer("sendrecv")),
+            )),
+        );
+        let outputs = self.take();
+        assert!(
+            outputs.contains(&CallOutput::OfferOutcome {
+                offer: 7,
+                outcome: OfferOutcome::Accepted
+            }),
+            "{outputs:?}"
+        );
+        assert!(
+            Self::invites(&outputs).is_empty(),
+            "nobody calls the citizen before the router's accept"
+        );
+        // The operator hears the prompt while the router is asked.
+        self.advance_to(Duration::from_millis(500));
+        assert!(!rtp_to(&self.take(), Leg::B).is_empty());
+        self.input(CallbackInput::Accepted(true));
+        let outputs = self.take();
+        assert!(outputs.iter().any(|o| matches!(
+            o,
+            CallOutput::Record(CallRecord::CallbackDialing { number }) if number.starts_with("sip:+393331234567@203.0.113.5")
+        )));
+        let citizen = Self::invites(&outputs);
+        assert_eq!(citizen.len(), 1, "{outputs:?}");
+        assert_eq!(citizen[0].0, SipLeg::Caller);
+        (leg, invite, citizen[0].1.clone())
+    }
+}
+
+fn citizen_reply(invite: &Request, status: u16) -> Response {
+    let sdp = (status == 200).then_some(TRUNK_OFFER);
+    let mut response = invite.response(StatusCode::new(status).expect("status"), "cz1");
+    response
+        .headers
+        .push(HeaderName::Contact, "<sip:+393331234567@203.0.113.5:5060>");
+    if let Some(sdp) = sdp {
+        response
+            .headers
+            .push(HeaderName::ContentType, "application/sdp");
+        response.body = sdp.as_bytes().to_vec();
+    }
+    response
+}
+
+/// Issue 5, point 5: the server rings the citizen back. The operator's
+/// phone rings first (the other device is cancelled when one answers);
+/// only after the router's accept does the INVITE to the citizen go out
+/// through the trunk, from the unified number; the citizen's answer
+/// bridges the two, audio flows both ways, and the citizen's BYE ends the
+/// operator's leg too.
+#[test]
+fn a_callback_rings_the_operator_then_calls_the_citizen_and_bridges_them() {
+    let mut h = CallbackHarness::new(vec![device(1), device(2)]);
+    assert_eq!(CallbackHarness::invites(&h.out).len(), 2);
+    let second = CallbackHarness::invites(&h.out)[1].clone();
+    h.sip(
+        second.0,
+        DialogEvent::Response(&phone_reply(&second.1, 180, "p2", None)),
+    );
+    let (phone, _, invite) = h.operator_takes_it();
+    assert!(
+        invite
+            .uri
+            .to_string()
+            .starts_with("sip:+393331234567@203.0.113.5:5060")
+    );
+    assert!(
+        invite
+            .headers
+            .get(&HeaderName::From)
+            .is_some_and(|f| f.contains("+390200000000")),
+        "{invite:?}"
+    );
+    assert!(h.out.is_empty());
+    h.sip(
+        SipLeg::Caller,
+        DialogEvent::Response(&citizen_reply(&invite, 180)),
+    );
+    h.sip(
+        SipLeg::Caller,
+        DialogEvent::Response(&citizen_reply(&invite, 200)),
+    );
+    let outputs = h.take();
+    assert!(
+        sip_sends(&outputs, SipLeg::Caller).iter().any(
+            |s| matches!(s, SipSend::Stateless(Message::Request(r)) if r.method == Method::Ack)
+        ),
+        "the citizen's 200 is acknowledged: {outputs:?}"
+    );
+    assert!(
+        outputs.contains(&CallOutput::Record(CallRecord::CallbackAttempt {
+            end: None
+        }))
+    );
+    // 50 packets each way: all relayed.
+    for n in 0..50u16 {
+        h.advance_to(Duration::from_millis(1000 + 20 * u64::from(n)));
+        let citizen = PacketBuilder::new(8, n, 160 * u32::from(n), 7)
+            .build(&[0xD5; 160])
+            .expect("packet");
+        h.input(CallbackInput::Rtp {
+            leg: Leg::A,
+            from: addr(CALLER_RTP),
+            bytes: &citizen,
+        });
+        let operator = PacketBuilder::new(0, n, 160 * u32::from(n), 8)
+            .build(&[0xFF; 160])
+            .expect("packet");
+        h.input(CallbackInput::Rtp {
+            leg: Leg::B,
+            from: addr(PHONE_RTP),
+            bytes: &operator,
+        });
+    }
+    let talked = h.take();
+    assert_eq!(rtp_to(&talked, Leg::A).len(), 50);
+    assert_eq!(rtp_to(&talked, Leg::B).len(), 50);
+    assert_eq!(h.callback.relay().stats(Leg::A).relayed_packets, 50);
+    let bye = request(
+        "BYE sip:ccu@192.0.2.1:5060 SIP/2.0\r\n\
+Via: SIP/2.0/UDP 203.0.113.5:5060;branch=z9hG4bKcbye\r\nMax-Forwards: 70\r\n\
+From: <sip:+393331234567@203.0.113.5:5060;user=phone>;tag=cz1\r\n\
+To: <sip:+390200000000@192.0.2.1>;tag=cbt\r\n\
+Call-ID: cb-1@ccu\r\nCSeq: 1 BYE\r\n",
+        "",
+    );
+    h.sip(SipLeg::Caller, DialogEvent::Request(&bye));
+    let outputs = h.take();
+    assert_eq!(
+        response_status(sip_sends(&outputs, SipLeg::Caller)[0]),
+        Some(200)
+    );
+    assert!(is_request(sip_sends(&outputs, phone)[0], Method::Bye));
+    assert!(outputs.contains(&CallOutput::Record(CallRecord::Hangup {
+        cause: HangupCause::Caller,
+        relayed_to_caller: 50,
+        relayed_to_operator: 50,
+    })));
+    assert_eq!(h.ended, Some(CallbackEnd::Talked(HangupCause::Caller)));
+}
+
+/// A busy citizen is an attempt: the operator hears that the citizen did
+/// not answer, then the server hangs the phone up.
+#[test]
+fn a_busy_citizen_is_an_attempt_and_the_operator_is_told_then_hung_up() {
+    let mut h = CallbackHarness::new(vec![device(1)]);
+    let (phone, _, invite) = h.operator_takes_it();
+    h.sip(
+        SipLeg::Caller,
+        DialogEvent::Response(&citizen_reply(&invite, 486)),
+    );
+    let outputs = h.take();
+    let busy = StatusCode::new(486).expect("status");
+    assert!(
+        outputs.contains(&CallOutput::Record(CallRecord::CallbackAttempt {
+            end: Some(CitizenEnd::Busy(busy))
+        }))
+    );
+    assert!(sip_sends(&outputs, phone).is_empty(), "told first");
+    h.advance_to(Duration::from_secs(10));
+    let outputs = h.take();
+    assert!(
+        rtp_to(&outputs, Leg::B).len() > 50,
+        "the prompt reached the operator"
+    );
+    assert!(is_request(sip_sends(&outputs, phone)[0], Method::Bye));
+    assert_eq!(
+        h.ended,
+        Some(CallbackEnd::NotReached(CitizenEnd::Busy(busy)))
+    );
+}
+
+/// A citizen who lets it ring is CANCELled at the ring timeout: no answer.
+#[test]
+fn a_citizen_who_does_not_answer_is_cancelled_at_the_ring_timeout() {
+    let mut h = CallbackHarness::new(vec![device(1)]);
+    let (_, _, invite) = h.operator_takes_it();
+    h.sip(
+        SipLeg::Caller,
+        DialogEvent::Response(&citizen_reply(&invite, 180)),
+    );
+    h.advance_to(Duration::from_secs(29));
+    assert!(
+        !sip_sends(&h.take(), SipLeg::Caller)
+            .iter()
+            .any(|s| matches!(s, SipSend::Cancel(_)))
+    );
+    h.advance_to(Duration::from_secs(31));
+    let outputs = h.take();
+    assert!(
+        sip_sends(&outputs, SipLeg::Caller)
+            .iter()
+            .any(|s| matches!(s, SipSend::Cancel(_))),
+        "{outputs:?}"
+    );
+    h.sip(
+        SipLeg::Caller,
+        DialogEvent::Response(&citizen_reply(&invite, 487)),
+    );
+    assert!(
+        h.take()
+            .contains(&CallOutput::Record(CallRecord::CallbackAttempt {
+                end: Some(CitizenEnd::NoAnswer)
+            }))
+    );
+    h.advance_to(Duration::from_secs(45));
+    assert_eq!(h.ended, Some(CallbackEnd::NotReached(CitizenEnd::NoAnswer)));
+}
+
+/// The router gave the conversation to someone else (the offer expired a
+/// moment before the phone answered): the operator is hung up and the
+/// citizen is never called.
+#[test]
+fn a_refused_accept_hangs_the_operator_up_and_calls_nobody() {
+    let mut h = CallbackHarness::new(vec![device(1)]);
+    let (leg, invite) = CallbackHarness::invites(&h.take())[0].clone();
+    h.sip(
+        leg,
+        DialogEvent::Response(&phone_reply(
+            &invite,
+            200,
+            "p1",
+            Some(&phone_answer("sendrecv")),
+        )),
+    );
+    h.input(CallbackInput::Accepted(false));
+    let outputs = h.take();
+    assert!(CallbackHarness::invites(&outputs).is_empty());
+    assert!(
+        sip_sends(&outputs, leg)
+            .iter()
+            .any(|s| is_request(s, Method::Bye))
+    );
+    assert_eq!(h.ended, Some(CallbackEnd::Refused));
+}
+
+/// The operator's phone refuses (486): a declined offer, nobody called;
+/// no device at all: a missed offer.
+#[test]
+fn a_busy_phone_or_no_device_leaves_the_callback_untouched() {
+    let mut h = CallbackHarness::new(vec![device(1)]);
+    let (leg, invite) = CallbackHarness::invites(&h.take())[0].clone();
+    h.sip(
+        leg,
+        DialogEvent::Response(&phone_reply(&invite, 486, "p1", None)),
+    );
+    let outputs = h.take();
+    assert!(outputs.contains(&CallOutput::OfferOutcome {
+        offer: 7,
+        outcome: OfferOutcome::Declined(StatusCode::new(486).expect("status"))
+    }));
+    assert!(CallbackHarness::invites(&outputs).is_empty());
+    assert_eq!(h.ended, Some(CallbackEnd::NotTaken));
+    assert!(h.callback.is_done());
+
+    let h = CallbackHarness::new(Vec::new());
+    assert!(h.out.contains(&CallOutput::OfferOutcome {
+        offer: 7,
+        outcome: OfferOutcome::Missed
+    }));
+    assert_eq!(h.ended, Some(CallbackEnd::NotTaken));
+}
+
+/// The operator hangs up while the citizen's phone rings: the citizen's
+/// INVITE is CANCELled and the attempt does not count.
+#[test]
+fn the_operator_hanging_up_while_the_citizen_rings_cancels_the_call() {
+    let mut h = CallbackHarness::new(vec![device(1)]);
+    let (phone, phone_invite, invite) = h.operator_takes_it();
+    h.sip(
+        SipLeg::Caller,
+        DialogEvent::Response(&citizen_reply(&invite, 180)),
+    );
+    let bye = from_phone(&phone_invite, "p1", "BYE", 1, "", "");
+    h.sip(phone, DialogEvent::Request(&bye));
+    let outputs = h.take();
+    assert!(
+        sip_sends(&outputs, SipLeg::Caller)
+            .iter()
+            .any(|s| matches!(s, SipSend::Cancel(_))),
+        "{outputs:?}"
+    );
+    assert_eq!(
+        h.ended,
+        Some(CallbackEnd::Interrupted(HangupCause::Operator))
+    );
 }

@@ -250,7 +250,14 @@ fn strategy_key(strategy: Strategy, score: i64, idle_since: i64, busy: i64) -> (
 enum ConvState {
     Waiting,
     Offered(Vec<OfferId>),
-    Assigned { op: u32, at: i64 },
+    Assigned {
+        op: u32,
+        at: i64,
+    },
+    /// A callback waiting for its retry: out of the line until `until`.
+    Parked {
+        until: i64,
+    },
 }
 
 #[derive(Debug)]
@@ -307,6 +314,8 @@ enum Timer {
     WrapUp(u32, ConversationId),
     Announce(u32, u32),
     Hours(u32, u32),
+    /// A parked callback's retry is due.
+    Retry(ConversationId),
 }
 
 /// Where a conversation is, as the server or a test sees it.
@@ -314,8 +323,16 @@ enum Timer {
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum ConversationStatus {
     Waiting,
-    Offered { operators: Vec<OperatorId> },
-    Assigned { operator: OperatorId },
+    Offered {
+        operators: Vec<OperatorId>,
+    },
+    Assigned {
+        operator: OperatorId,
+    },
+    /// A callback that waits for its retry, offered from `until` on.
+    Parked {
+        until: Timestamp,
+    },
 }
 
 /// A read-only view of one conversation.
@@ -1582,6 +1599,32 @@ impl Engine {
                 conv.max_wait_done = true;
                 Ok(())
             }
+            Event::CallbackRetry {
+                conversation,
+                not_before,
+            } => {
+                let ci = self.conv_idx(conversation)?;
+                self.detach(ci, WithdrawReason::Transferred);
+                let until = not_before.0.max(now);
+                let conv = self.conv_mut(ci);
+                conv.callback = true;
+                conv.max_wait_done = true;
+                conv.excluded.clear();
+                conv.pinned = None;
+                conv.state = ConvState::Parked { until };
+                let (id, qi) = (conv.id, conv.queue);
+                self.out.push_back(Command::Requeued {
+                    conversation: id,
+                    queue: self.queues[qi as usize].config.id,
+                    reason: RequeueReason::CallbackRetry,
+                });
+                if until <= now {
+                    self.place_waiting(ci);
+                } else {
+                    self.schedule(until, Timer::Retry(id));
+                }
+                Ok(())
+            }
             Event::WrapUpDone {
                 operator,
                 conversation,
@@ -1613,6 +1656,7 @@ impl Engine {
         let conv = self.conv(ci);
         match conv.state.clone() {
             ConvState::Waiting => self.remove_waiting(ci),
+            ConvState::Parked { .. } => {}
             ConvState::Offered(offers) => {
                 let id = conv.id;
                 for offer in offers {
@@ -1647,7 +1691,7 @@ impl Engine {
         let qi = conv.queue;
         let id = conv.id;
         match conv.state.clone() {
-            ConvState::Waiting | ConvState::Offered(_) => {
+            ConvState::Waiting | ConvState::Offered(_) | ConvState::Parked { .. } => {
                 let wait_ms = now - conv.enqueued_at;
                 let q = &mut self.queues[qi as usize];
                 let short = wait_ms < i64::from(self.config.short_abandon_secs) * 1000;
@@ -1785,6 +1829,13 @@ impl Engine {
                         self.remove_waiting(ci);
                         self.free_conv(ci);
                     }
+                }
+            }
+            Timer::Retry(id) => {
+                if let Some(&ci) = self.conv_index.get(&id)
+                    && matches!(self.conv(ci).state, ConvState::Parked { until } if until <= now)
+                {
+                    self.place_waiting(ci);
                 }
             }
             Timer::Exclusion(id) => {
@@ -1970,6 +2021,9 @@ impl Engine {
             },
             ConvState::Assigned { op, .. } => ConversationStatus::Assigned {
                 operator: self.ops[*op as usize].profile.id,
+            },
+            ConvState::Parked { until } => ConversationStatus::Parked {
+                until: Timestamp(*until),
             },
         };
         Some(ConversationView {
@@ -2162,6 +2216,11 @@ impl Engine {
                         || !self.ops[*op as usize].assigned.contains(&ci)
                     {
                         return fail(format!("assigned conversation {} misplaced", conv.id));
+                    }
+                }
+                ConvState::Parked { .. } => {
+                    if in_queue || in_class || in_personal || held > 0 {
+                        return fail(format!("parked conversation {} misplaced", conv.id));
                     }
                 }
             }

@@ -65,6 +65,15 @@ pub enum Event {
     CallbackRequested {
         conversation: ConversationId,
     },
+    /// A callback did not reach the citizen (no answer, busy, failed) or
+    /// was cut before they answered: the conversation leaves its operator
+    /// (no wrap-up: nobody talked) or its offers, stays a callback in its
+    /// place, and is offered again from `not_before` (the retry delay; now
+    /// or earlier: at once).
+    CallbackRetry {
+        conversation: ConversationId,
+        not_before: Timestamp,
+    },
     /// The operator finished after-contact work, with a disposition code.
     WrapUpDone {
         operator: OperatorId,
@@ -116,6 +125,9 @@ pub enum RequeueReason {
     Rejected,
     Missed,
     OperatorUnavailable,
+    /// A callback to try again ([`Event::CallbackRetry`]): offered from its
+    /// `not_before` on.
+    CallbackRetry,
 }
 
 /// Something the server must do, returned by [`crate::Engine::poll`].

@@ -626,6 +626,99 @@ fn a_callback_request_keeps_the_place_stops_the_maximum_wait_and_the_offer_says_
     );
 }
 
+/// A callback that did not reach the citizen leaves its operator without
+/// a wrap-up, waits out of line for its retry delay, and is then offered
+/// again as a callback; a retry due now is offered at once.
+#[test]
+fn a_callback_retry_frees_the_operator_and_offers_again_after_the_delay() {
+    let mut w = World::new();
+    let mut q = QueueConfig::new(QueueId(1), OrgId(1), vec![skill(1, 1)]);
+    q.wrap_up_secs = 30;
+    w.queue(q);
+    w.simple_operator(10, &[(1, 5)]);
+    let (offer, _, _) = the_offer(&w.call(100, 1));
+    w.accept(offer);
+    w.at(5.0);
+    let not_before = Timestamp(w.now.0 + 60_000);
+    let cmds = w.send(Event::CallbackRetry {
+        conversation: ConversationId(100),
+        not_before,
+    });
+    assert!(
+        cmds.contains(&Command::Requeued {
+            conversation: ConversationId(100),
+            queue: QueueId(1),
+            reason: RequeueReason::CallbackRetry,
+        }),
+        "{cmds:?}"
+    );
+    assert!(
+        !cmds
+            .iter()
+            .any(|c| matches!(c, Command::WrapUpStarted { .. } | Command::Offer { .. })),
+        "no wrap-up, no offer yet: {cmds:?}"
+    );
+    assert_eq!(
+        w.status(100),
+        Some(ConversationStatus::Parked { until: not_before })
+    );
+    // The operator is free, but the citizen is not called again before the delay.
+    assert!(w.at(64.0).is_empty());
+    let cmds = w.at(65.5);
+    assert!(
+        cmds.iter().any(|c| matches!(
+            c,
+            Command::Offer {
+                conversation: ConversationId(100),
+                operator: OperatorId(10),
+                callback: true,
+                ..
+            }
+        )),
+        "{cmds:?}"
+    );
+    // Offered (not yet accepted): a retry due now takes the offer back
+    // and offers it again at once.
+    let cmds = w.send(Event::CallbackRetry {
+        conversation: ConversationId(100),
+        not_before: Timestamp(0),
+    });
+    assert!(
+        cmds.iter().any(|c| matches!(c, Command::Withdraw { .. })),
+        "{cmds:?}"
+    );
+    assert!(
+        cmds.iter().any(|c| matches!(
+            c,
+            Command::Offer {
+                conversation: ConversationId(100),
+                callback: true,
+                ..
+            }
+        )),
+        "{cmds:?}"
+    );
+    // A parked callback whose citizen is closed by someone else leaves the engine.
+    w.send(Event::CallbackRetry {
+        conversation: ConversationId(100),
+        not_before: Timestamp(w.now.0 + 60_000),
+    });
+    w.abandon(100);
+    assert_eq!(w.status(100), None);
+    assert!(w.at(200.0).is_empty());
+    assert!(
+        w.engine
+            .handle(
+                w.now,
+                Event::CallbackRetry {
+                    conversation: ConversationId(999),
+                    not_before: Timestamp(0),
+                },
+            )
+            .is_err()
+    );
+}
+
 #[test]
 fn maximum_wait_with_voicemail_takes_the_conversation_out_of_line() {
     let mut w = World::new();

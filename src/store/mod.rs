@@ -531,22 +531,74 @@ pub struct ConversationDetail {
 /// key, a callback queue's maximum wait, a restart that cut the call).
 pub const CALLBACK_REQUESTED: &str = "callback_requested";
 
+/// One call of the server to the citizen for a callback, and how it went
+/// (`result`: `answered`, `busy`, `no_answer`, `declined`, `failed`).
+pub const CALLBACK_ATTEMPT: &str = "callback_attempt";
+
+/// What calling a citizen back needs from the conversation's records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallbackPlan {
+    /// The number to call (E.164).
+    pub number: String,
+    /// The unified number the citizen called, if it is known.
+    pub called: Option<String>,
+    /// The trunk the call came in through.
+    pub trunk: Option<String>,
+    /// Calls to the citizen so far that did not reach them.
+    pub failed_attempts: u32,
+}
+
 impl ConversationDetail {
     /// Whether the citizen waits to be called back.
     pub fn is_callback(&self) -> bool {
         self.events.iter().any(|e| e.kind == CALLBACK_REQUESTED)
     }
 
+    /// The data of the first event of `kind`.
+    fn first_data(&self, kind: &str) -> Option<serde_json::Value> {
+        let event = self.events.iter().find(|e| e.kind == kind)?;
+        serde_json::from_str(&event.data).ok()
+    }
+
     /// The number a call came from (its `call_started` event), unless the
     /// caller was anonymous.
     pub fn caller_number(&self) -> Option<String> {
-        let started = self.events.iter().find(|e| e.kind == "call_started")?;
-        let data: serde_json::Value = serde_json::from_str(&started.data).ok()?;
-        data["caller"]
-            .as_str()
-            .filter(|number| !number.is_empty())
-            .map(str::to_owned)
+        non_empty(&self.first_data("call_started")?["caller"])
     }
+
+    /// The number to call back (the last callback request's, else the
+    /// call's), where the call came from, and the attempts so far; `None`
+    /// without a number.
+    pub fn callback_plan(&self) -> Option<CallbackPlan> {
+        let requested = self
+            .events
+            .iter()
+            .rev()
+            .filter(|e| e.kind == CALLBACK_REQUESTED)
+            .find_map(|e| {
+                non_empty(&serde_json::from_str::<serde_json::Value>(&e.data).ok()?["number"])
+            });
+        let started = self.first_data("call_started").unwrap_or_default();
+        let failed_attempts = self
+            .events
+            .iter()
+            .filter(|e| e.kind == CALLBACK_ATTEMPT)
+            .filter(|e| {
+                serde_json::from_str::<serde_json::Value>(&e.data)
+                    .is_ok_and(|d| d["result"] != "answered")
+            })
+            .count();
+        Some(CallbackPlan {
+            number: requested.or_else(|| non_empty(&started["caller"]))?,
+            called: non_empty(&started["called"]),
+            trunk: non_empty(&started["trunk"]),
+            failed_attempts: u32::try_from(failed_attempts).unwrap_or(u32::MAX),
+        })
+    }
+}
+
+fn non_empty(value: &serde_json::Value) -> Option<String> {
+    value.as_str().filter(|s| !s.is_empty()).map(str::to_owned)
 }
 
 /// Filters and paging for listing conversations, newest first.

@@ -330,6 +330,38 @@ impl Phone {
         phone
     }
 
+    /// The carrier's side of the trunk's `outbound`: a sipp UAS on a free
+    /// UDP port of 127.0.0.1 that plays `scenario` for `calls` calls.
+    fn carrier(scenario: &str, calls: usize) -> (Phone, SocketAddr) {
+        let scratch = tempfile::tempdir().unwrap();
+        let free_port = || {
+            std::net::UdpSocket::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        };
+        let port = free_port();
+        let child = tokio::process::Command::new(sipp_binary())
+            .current_dir(scratch.path())
+            .arg("-sf")
+            .arg(repo_path("tests/sipp").join(scenario))
+            .args(["-t", "u1", "-nostdin", "-m", &calls.to_string()])
+            .args(["-i", "127.0.0.1", "-p", &port.to_string()])
+            .args(["-mi", "127.0.0.1", "-mp", &free_port().to_string()])
+            .args(["-trace_logs", "-trace_err"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("sipp started");
+        (
+            Phone { child, scratch },
+            SocketAddr::from(([127, 0, 0, 1], port)),
+        )
+    }
+
     /// What the phone's scenarios logged so far.
     fn logs(&self) -> String {
         let mut text = String::new();
@@ -993,4 +1025,130 @@ async fn call_to_its_end(app: &TestApp, scenario: &str) -> Vec<Value> {
     let output = sipp(app.sip_addr, scenario, &["-s", "0612345678"]).await;
     assert_sipp_ok(&output, scenario);
     events_until(app, 1, "call_ended").await
+}
+
+/// A server whose trunk takes ccu's calls at `carrier` (its `outbound`),
+/// with anagrafe's operators answering straight away.
+async fn callback_app(carrier: SocketAddr, extra: &[(&str, Value)]) -> TestApp {
+    let mut overrides = vec![
+        (
+            "sip.trunks",
+            json!([{
+                "name": "carrier",
+                "sources": ["127.0.0.1/32"],
+                "numbers": [NUMBER],
+                "outbound": format!("sip:{carrier}"),
+            }]),
+        ),
+        ("queues.anagrafe.wrap_up_seconds", json!(0)),
+    ];
+    overrides.extend(extra.iter().cloned());
+    calls_app_with(&overrides).await
+}
+
+/// Issue 5, point 5: the server rings the citizen back. The caller pressed
+/// the callback key and hung up; when Anna comes available her phone rings
+/// with the callback, she answers, and the server calls the citizen through
+/// the trunk (sipp as the carrier), from the unified number they called;
+/// the citizen answers and talks, audio is relayed both ways, and Anna's
+/// hang-up ends the citizen's leg and completes the conversation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_calls_the_citizen_back_through_the_trunk_once_the_operator_answers() {
+    let (carrier, address) = Phone::carrier("carrier_answers.xml", 1);
+    let app = callback_app(address, &[]).await;
+    let events = call_to_its_end(&app, "call_callback.xml").await;
+    assert!(kinds(&events).contains(&"callback_requested"), "{events:?}");
+    let (anna, token) = operator(&app, "anna.voce", "2001", 6).await;
+    let phone = Phone::register(&app, anna, "2001", "u1", "phone_hangs_up.xml").await;
+    let _console = available(&app, &token).await;
+
+    phone.wait_for("answered").await;
+    carrier.wait_for("bye received").await;
+    phone.wait_for("bye answered").await;
+    let carrier_logs = carrier.hang_up_the_line().await;
+    assert!(
+        carrier_logs.contains("invite sip:+393331234567@127.0.0.1:")
+            && carrier_logs.contains(";user=phone"),
+        "{carrier_logs}"
+    );
+    assert!(
+        carrier_logs
+            .lines()
+            .any(|l| l.starts_with("from ") && l.contains("sip:+390612345678@")),
+        "the citizen sees the unified number: {carrier_logs}"
+    );
+    let phone_logs = phone.hang_up_the_line().await;
+    assert!(phone_logs.contains("invite conversation=1"), "{phone_logs}");
+
+    let events = events_until(&app, 1, "completed").await;
+    let started = data(event(&events, "callback_started"));
+    assert_eq!(started["number"], "+393331234567", "{started}");
+    assert_eq!(started["attempt"], 1, "{started}");
+    assert_eq!(event(&events, "call_answered")["operator_id"], anna);
+    assert_eq!(
+        data(event(&events, "callback_attempt"))["result"],
+        "answered"
+    );
+    let ended = data(all(&events, "call_ended").last().unwrap());
+    assert_eq!(ended["cause"], "operator", "{ended}");
+    // The citizen talked (g711a.pcap, 30 ms packets) for about 3.5 s before
+    // Anna hung up: relayed to her phone, echoed back, relayed to the citizen.
+    assert!(
+        ended["relayed_to_operator"].as_u64().unwrap() >= 50,
+        "{ended}"
+    );
+    assert!(
+        ended["relayed_to_caller"].as_u64().unwrap() >= 50,
+        "{ended}"
+    );
+    let closed = conversation(&app, 1).await.unwrap();
+    assert_eq!(closed["state"], "closed", "{closed}");
+    assert_eq!(closed["operator_id"], anna, "{closed}");
+}
+
+/// A busy citizen is called again after the retry delay, and after the
+/// configured attempts the callback is given up and the conversation
+/// closed; the operator heard why each time and was hung up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_citizen_is_called_again_after_the_delay_and_given_up_after_the_attempts() {
+    let (carrier, address) = Phone::carrier("carrier_busy.xml", 2);
+    let app = callback_app(
+        address,
+        &[
+            ("voice.callback.attempts", json!(2)),
+            ("voice.callback.retry_seconds", json!(1)),
+        ],
+    )
+    .await;
+    call_to_its_end(&app, "call_callback.xml").await;
+    let (anna, token) = operator(&app, "anna.voce", "2001", 6).await;
+    let phone = Phone::register(&app, anna, "2001", "u1", "phone_answer.xml").await;
+    let _console = available(&app, &token).await;
+
+    phone.wait_for_n("bye received", 2).await;
+    carrier.wait_for_n("busy acknowledged", 2).await;
+    let events = events_until(&app, 1, "callback_failed").await;
+    let attempts = all(&events, "callback_attempt");
+    assert_eq!(attempts.len(), 2, "{events:?}");
+    for attempt in attempts {
+        let attempt = data(attempt);
+        assert_eq!(attempt["result"], "busy", "{attempt}");
+        assert_eq!(attempt["status"], 486, "{attempt}");
+    }
+    let requeued: Vec<Value> = all(&events, "requeued").into_iter().map(data).collect();
+    assert!(
+        requeued.iter().any(|r| r["reason"] == "callback_retry"),
+        "{requeued:?}"
+    );
+    let failed = data(event(&events, "callback_failed"));
+    assert_eq!(failed["attempts"], 2, "{failed}");
+    let started: Vec<Value> = all(&events, "callback_started")
+        .into_iter()
+        .map(data)
+        .collect();
+    assert_eq!(started.len(), 2, "{started:?}");
+    assert_eq!(started[1]["attempt"], 2, "{started:?}");
+    events_until(&app, 1, "completed").await;
+    let closed = conversation(&app, 1).await.unwrap();
+    assert_eq!(closed["state"], "closed", "{closed}");
 }

@@ -43,6 +43,8 @@ use crate::sip::message::{HeaderName, Headers, Message, Method, Request, Respons
 use crate::sip::sdp::{LocalMedia, Negotiated};
 use crate::sip::uri::{SipUri, Uri};
 
+pub mod callback;
+
 /// How calls are made.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CallConfig {
@@ -187,6 +189,8 @@ pub enum HangupCause {
     NoAck,
     /// The caller's SDP offer could not be answered (`488`).
     NotAcceptable,
+    /// A callback did not reach the citizen (busy, no answer, failed).
+    NotReached,
 }
 
 impl HangupCause {
@@ -203,6 +207,7 @@ impl HangupCause {
             HangupCause::MediaTimeout(_) => "media_timeout",
             HangupCause::NoAck => "no_ack",
             HangupCause::NotAcceptable => "not_acceptable",
+            HangupCause::NotReached => "not_reached",
         }
     }
 }
@@ -282,6 +287,14 @@ pub enum CallRecord {
     /// Blind transfer (REFER from the phone, or the console).
     Transferred {
         to: String,
+    },
+    /// A callback's INVITE to the citizen went out (to this Request-URI).
+    CallbackDialing {
+        number: String,
+    },
+    /// How the call to the citizen went: answered (`None`) or not.
+    CallbackAttempt {
+        end: Option<callback::CitizenEnd>,
     },
     Hangup {
         cause: HangupCause,
@@ -625,16 +638,10 @@ impl Call {
             progressed = true;
             self.on_caller(now, action);
         }
-        let mut index = 0;
-        while index < self.phones.len() {
-            let leg = self.phones[index].leg;
-            while let Some(action) = self.phones.get_mut(index).and_then(|f| f.dialog.poll(now)) {
-                progressed = true;
-                self.on_phone(now, leg, action);
-            }
-            index += 1;
+        for (leg, action) in poll_forks(&mut self.phones, now) {
+            progressed = true;
+            self.on_phone(now, leg, action);
         }
-        self.phones.retain(|f| !f.dialog.is_terminated());
         while let Some(action) = self.media.as_mut().and_then(|m| m.poll(now)) {
             progressed = true;
             self.on_media(now, action);
@@ -812,37 +819,25 @@ impl Call {
             operator,
             devices: devices.len(),
         }));
-        for device in devices {
-            let leg = self.next_leg;
-            self.next_leg = self.next_leg.wrapping_add(1);
-            let mut media = self.phone_media.clone();
-            media.session_id = media.session_id.wrapping_add(u64::from(leg));
-            media.session_version = media.session_id;
-            let dialog = Dialog::outgoing(
-                now,
-                self.config.phone_dialog.clone(),
-                OutgoingCall {
-                    target: device.target,
-                    from: from.clone(),
-                    call_id: device.call_id,
-                    local_tag: device.local_tag,
-                    media,
-                    headers: vec![
-                        (HeaderName::Other("X-CCU-Queue".into()), queue.clone()),
-                        (
-                            HeaderName::Other("X-CCU-Conversation".into()),
-                            conversation.to_string(),
-                        ),
-                    ],
-                    ring_timeout: Some(ring_timeout),
-                },
-            );
-            self.phones.push(Fork {
-                leg,
-                dialog,
-                source_ip: device.source_ip,
-            });
-        }
+        let forks = ring(
+            now,
+            &self.config.phone_dialog,
+            Ringing {
+                devices,
+                from,
+                headers: vec![
+                    (HeaderName::Other("X-CCU-Queue".into()), queue),
+                    (
+                        HeaderName::Other("X-CCU-Conversation".into()),
+                        conversation.to_string(),
+                    ),
+                ],
+                media: &self.phone_media,
+                ring_timeout,
+            },
+            &mut self.next_leg,
+        );
+        self.phones.extend(forks);
         self.refusal = None;
         self.stage = Stage::Ringing { offer, operator };
     }
@@ -923,25 +918,7 @@ impl Call {
         }
         match self.stage {
             Stage::Ringing { offer, operator } => {
-                let outcome = match cause {
-                    EndCause::Declined(status) if is_refusal(status) => {
-                        OfferOutcome::Declined(status)
-                    }
-                    _ => OfferOutcome::Missed,
-                };
-                let end = match cause {
-                    EndCause::NoAnswer => Some(OfferEnd::RingTimeout),
-                    EndCause::Declined(status) if status.as_u16() == 603 => {
-                        Some(OfferEnd::Declined(status))
-                    }
-                    EndCause::Declined(status) if is_refusal(status) => {
-                        Some(OfferEnd::Busy(status))
-                    }
-                    EndCause::Declined(status) => Some(OfferEnd::Failed(status)),
-                    // Cancelled by us: another phone answered, the offer
-                    // was withdrawn (recorded there).
-                    _ => None,
-                };
+                let (outcome, end) = fork_end(cause);
                 if let Some(end) = end {
                     self.out
                         .push_back(CallOutput::Record(CallRecord::OfferEnded {
@@ -950,10 +927,7 @@ impl Call {
                             end,
                         }));
                 }
-                // A refusal from any device beats silence from the others.
-                if self.refusal.is_none() || matches!(outcome, OfferOutcome::Declined(_)) {
-                    self.refusal = Some(outcome);
-                }
+                self.refusal = Some(worse(self.refusal, outcome));
                 let ringing = self
                     .phones
                     .iter()
@@ -1152,6 +1126,97 @@ impl Call {
             relayed_to_operator,
         }));
         self.out.push_back(CallOutput::Ended { cause });
+    }
+}
+
+/// What rings an operator's devices for one offer.
+struct Ringing<'a> {
+    devices: Vec<Device>,
+    /// What the phone shows (the caller's number, the queue).
+    from: Address,
+    headers: Vec<(HeaderName, String)>,
+    /// Our media for the phone leg (each fork gets its own session id).
+    media: &'a LocalMedia,
+    ring_timeout: Duration,
+}
+
+/// One INVITE per device (a fork each), numbered from `next_leg`.
+fn ring(
+    now: Instant,
+    config: &DialogConfig,
+    ringing: Ringing<'_>,
+    next_leg: &mut u32,
+) -> Vec<Fork> {
+    let mut forks = Vec::with_capacity(ringing.devices.len());
+    for device in ringing.devices {
+        let leg = *next_leg;
+        *next_leg = next_leg.wrapping_add(1);
+        let mut media = ringing.media.clone();
+        media.session_id = media.session_id.wrapping_add(u64::from(leg));
+        media.session_version = media.session_id;
+        let dialog = Dialog::outgoing(
+            now,
+            config.clone(),
+            OutgoingCall {
+                target: device.target,
+                from: ringing.from.clone(),
+                call_id: device.call_id,
+                local_tag: device.local_tag,
+                media,
+                headers: ringing.headers.clone(),
+                ring_timeout: Some(ringing.ring_timeout),
+            },
+        );
+        forks.push(Fork {
+            leg,
+            dialog,
+            source_ip: device.source_ip,
+        });
+    }
+    forks
+}
+
+/// What the forks have to do now, by leg; the terminated ones are dropped
+/// (their last action, `Terminated`, is in the list). Empty most of the
+/// time, so no allocation.
+fn poll_forks(phones: &mut Vec<Fork>, now: Instant) -> Vec<(u32, DialogAction)> {
+    let mut actions = Vec::new();
+    for fork in phones.iter_mut() {
+        while let Some(action) = fork.dialog.poll(now) {
+            actions.push((fork.leg, action));
+        }
+    }
+    phones.retain(|f| !f.dialog.is_terminated());
+    actions
+}
+
+/// How a ringing fork's end counts for the offer, and what to record
+/// (`None`: we cancelled it, recorded where we did).
+fn fork_end(cause: EndCause) -> (OfferOutcome, Option<OfferEnd>) {
+    let outcome = match cause {
+        EndCause::Declined(status) if is_refusal(status) => OfferOutcome::Declined(status),
+        _ => OfferOutcome::Missed,
+    };
+    let end = match cause {
+        EndCause::NoAnswer => Some(OfferEnd::RingTimeout),
+        EndCause::Declined(status) if status.as_u16() == 603 => Some(OfferEnd::Declined(status)),
+        EndCause::Declined(status) if is_refusal(status) => Some(OfferEnd::Busy(status)),
+        EndCause::Declined(status) => Some(OfferEnd::Failed(status)),
+        _ => None,
+    };
+    (outcome, end)
+}
+
+/// The offer's outcome so far with one more fork's: a refusal from any
+/// device beats silence from the others.
+fn worse(so_far: Option<OfferOutcome>, outcome: OfferOutcome) -> OfferOutcome {
+    match so_far {
+        Some(declined @ OfferOutcome::Declined(_))
+            if !matches!(outcome, OfferOutcome::Declined(_)) =>
+        {
+            declined
+        }
+        _ => outcome,
     }
 }
 

@@ -480,15 +480,21 @@ impl Relay {
     /// A relay for a call whose citizen's leg is known; it hears local
     /// packets (the IVR) until [`Relay::bridge`].
     pub fn new(config: RelayConfig, now: Instant, a: LegMedia, start: StreamStart) -> Relay {
-        let mut relay = Relay {
+        let mut relay = Relay::empty(config);
+        relay.attach(now, Leg::A, a, start);
+        relay
+    }
+
+    /// A relay with no leg yet (a callback: the operator's leg comes
+    /// first, the citizen's when they answer).
+    pub fn empty(config: RelayConfig) -> Relay {
+        Relay {
             config,
             legs: [None, None],
             stats: [LegStats::default(), LegStats::default()],
             attachments: 0,
             actions: VecDeque::new(),
-        };
-        relay.attach(now, Leg::A, a, start);
-        relay
+        }
     }
 
     /// Attaches a leg (the operator's phone answered) or updates one (a

@@ -83,6 +83,9 @@ pub struct TrunkConfig {
     /// The unified numbers (keys of `[sip.numbers]`) this trunk may
     /// deliver calls for.
     pub numbers: Vec<String>,
+    /// Where ccu sends its own calls through this trunk (callbacks):
+    /// `"sip:host:port"` (UDP). None: the trunk takes no calls from ccu.
+    pub outbound: Option<String>,
 }
 
 impl fmt::Debug for TrunkConfig {
@@ -93,6 +96,7 @@ impl fmt::Debug for TrunkConfig {
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("numbers", &self.numbers)
+            .field("outbound", &self.outbound)
             .finish()
     }
 }
@@ -240,6 +244,29 @@ pub struct TrunkGate {
 /// Bounds the failure table under a flood from many addresses.
 const MAX_FAILURE_ENTRIES: usize = 100_000;
 
+/// The host and port of a trunk's `outbound` (`sip:host[:port]`, port 5060
+/// by default); over UDP only (connecting out over TCP is not done yet).
+pub fn outbound_proxy(outbound: &str) -> Result<(String, u16), String> {
+    let uri = Uri::parse(outbound.trim()).map_err(|e| format!("{outbound:?}: {e}"))?;
+    let sip = uri
+        .as_sip()
+        .filter(|u| !u.secure)
+        .ok_or_else(|| format!("{outbound:?} is not a sip: URI"))?;
+    if sip
+        .param("transport")
+        .flatten()
+        .is_some_and(|t| !t.eq_ignore_ascii_case("udp"))
+    {
+        return Err(format!("{outbound:?}: only UDP is supported"));
+    }
+    let host = match &sip.host {
+        crate::sip::uri::Host::Domain(d) => d.clone(),
+        crate::sip::uri::Host::Ipv4(ip) => ip.to_string(),
+        crate::sip::uri::Host::Ipv6(ip) => ip.to_string(),
+    };
+    Ok((host, sip.port.unwrap_or(5060)))
+}
+
 impl TrunkGate {
     /// Parses and checks `trunks`, `numbers` and `default_country_code` of
     /// `config`; the error names the key. `secret` keys the nonces.
@@ -341,6 +368,9 @@ impl TrunkGate {
                         )
                     })?;
                 allowed.push(number);
+            }
+            if let Some(outbound) = &trunk.outbound {
+                outbound_proxy(outbound).map_err(|e| config_error(format!("{key}.outbound"), e))?;
             }
             trunks.push(Trunk {
                 name: trunk.name.clone(),
@@ -631,6 +661,34 @@ mod tests {
 
     fn gate() -> TrunkGate {
         TrunkGate::new(&config(), [5; 32]).unwrap()
+    }
+
+    #[test]
+    fn an_outbound_proxy_is_a_udp_sip_uri_and_anything_else_is_refused_by_key() {
+        assert_eq!(
+            outbound_proxy("sip:198.51.100.7:5070"),
+            Ok(("198.51.100.7".into(), 5070))
+        );
+        assert_eq!(
+            outbound_proxy("sip:sbc.carrier.example"),
+            Ok(("sbc.carrier.example".into(), 5060))
+        );
+        assert_eq!(
+            outbound_proxy("sip:[2001:db8::7]:5080;transport=udp"),
+            Ok(("2001:db8::7".into(), 5080))
+        );
+        for bad in [
+            "198.51.100.7",
+            "sips:sbc.example",
+            "sip:sbc.example;transport=tcp",
+            "tel:+39",
+        ] {
+            assert!(outbound_proxy(bad).is_err(), "{bad}");
+        }
+        let mut config = config();
+        config.trunks[0].outbound = Some("http://sbc".into());
+        let error = TrunkGate::new(&config, [5; 32]).err().unwrap();
+        assert_eq!(error.key, "trunks[0].outbound");
     }
 
     fn invite(to: &str, from: &str, extra: &str) -> Request {
