@@ -409,16 +409,19 @@ impl RouterHandle {
         .await
     }
 
-    /// A callback did not reach the citizen: the conversation waits again
-    /// in its place and is offered from `not_before` (Unix ms) on.
+    /// A callback did not reach the citizen: the conversation leaves `user`
+    /// (if it is still theirs), waits again in its place and is offered
+    /// from `not_before` (Unix ms) on.
     pub async fn callback_retry(
         &self,
         conversation: i64,
+        user: i64,
         not_before: i64,
     ) -> Result<(), RouterError> {
         self.request(
             Event::CallbackRetry {
                 conversation: conversation_key(conversation),
+                operator: OperatorId(user_key(user)),
                 not_before: Timestamp::from_millis(not_before),
             },
             None,
@@ -574,19 +577,28 @@ pub async fn start(
                 .await?;
             continue;
         }
-        let assigned = match (c.state, c.operator_id) {
+        let mut assigned = match (c.state, c.operator_id) {
             (ConversationState::Assigned, Some(op)) => Some((
                 OperatorId(user_key(op)),
                 Timestamp::from_millis(c.assigned_at.unwrap_or(c.enqueued_at)),
             )),
             _ => None,
         };
-        if c.state == ConversationState::Offered {
-            // The offer was withdrawn above; the conversation waits again.
+        // The offer was withdrawn above; the conversation waits again. So
+        // does a callback the server was placing when it stopped: the
+        // citizen was never reached, and no operator would be connected to
+        // them.
+        let cut = assigned.is_some()
+            && c.channel == Channel::Voice
+            && callbacks_cut(&store, c.id).await?;
+        if cut {
+            assigned = None;
+        }
+        if cut || c.state == ConversationState::Offered {
             store
                 .transition(
                     c.id,
-                    &[ConversationState::Offered],
+                    &[c.state],
                     ConversationState::Queued,
                     "requeued",
                     None,
@@ -664,6 +676,27 @@ pub async fn start(
     };
     tokio::spawn(actor.run(rx, shutdown));
     Ok(RouterHandle { tx, ids })
+}
+
+/// Whether a conversation's last callback call (`callback_started`) ended
+/// without reaching the citizen (no `callback_attempt` answered after it):
+/// cut by the stop, or not reached and not yet put back in line.
+async fn callbacks_cut(store: &Store, id: i64) -> Result<bool, RouterError> {
+    let Some(detail) = store
+        .get_conversation(&crate::store::Scope::All, id)
+        .await?
+    else {
+        return Ok(false);
+    };
+    let last_start = detail
+        .events
+        .iter()
+        .rposition(|e| e.kind == "callback_started");
+    Ok(last_start.is_some_and(|start| {
+        !detail.events[start..]
+            .iter()
+            .any(|e| e.kind == crate::store::CALLBACK_ATTEMPT && e.data.contains("\"answered\""))
+    }))
 }
 
 impl Actor {
@@ -1071,10 +1104,19 @@ impl Actor {
             } => {
                 let id = conversation_id(conversation);
                 let detail = serde_json::to_value(&action).unwrap_or_default();
+                let channel = self.store.conversation_channel(id).await?;
+                let voice = channel == Some(Channel::Voice);
                 match action {
-                    // The engine keeps the place; the flag must survive a
-                    // restart like the place does.
-                    EngineMaxWait::Callback => {
+                    // The engine keeps the place (a caller who leaves a
+                    // voice message is called back too); the flag must
+                    // survive a restart like the place does.
+                    EngineMaxWait::Callback | EngineMaxWait::Voicemail
+                        if voice || action == EngineMaxWait::Callback =>
+                    {
+                        let reason = match action {
+                            EngineMaxWait::Voicemail => "voicemail",
+                            _ => "max_wait",
+                        };
                         self.store
                             .append_event(
                                 id,
@@ -1082,47 +1124,50 @@ impl Actor {
                                 crate::store::CALLBACK_REQUESTED,
                                 Some(self.ids.queue_name(queue)),
                                 None,
-                                &serde_json::json!({ "reason": "max_wait" }),
+                                &serde_json::json!({ "reason": reason }),
                             )
                             .await?;
+                        self.notice(conversation, queue, "max_wait", detail, now_ms)
+                            .await?;
                     }
-                    // The engine took it out of line. A call ends here (the
-                    // voice channel plays the message and hangs up). A chat
-                    // is left to its channel (the widget shows the notice;
-                    // closing it here would read "ended by the operator"),
-                    // and written requests never reach a maximum wait.
-                    EngineMaxWait::Voicemail | EngineMaxWait::Close { .. } => {
-                        let voice =
-                            self.store.conversation_channel(id).await? == Some(Channel::Voice);
-                        let closed = voice
-                            && self
-                                .store
-                                .transition(
-                                    id,
-                                    &[ConversationState::Queued, ConversationState::Offered],
-                                    ConversationState::Closed,
-                                    "closed",
-                                    None,
-                                    &serde_json::json!({ "reason": "max_wait" }),
-                                    now_ms,
-                                )
-                                .await?;
-                        if closed {
-                            self.changed(id, "closed", None).await?;
+                    // The engine took it out of line: the channel hears the
+                    // notice first (the caller the message, then a hang-up;
+                    // the chat's citizen the message and the web form, not
+                    // "ended by the operator"), then it is closed. Written
+                    // requests never reach a maximum wait.
+                    EngineMaxWait::Callback
+                    | EngineMaxWait::Voicemail
+                    | EngineMaxWait::Close { .. } => {
+                        self.notice(conversation, queue, "max_wait", detail, now_ms)
+                            .await?;
+                        if matches!(channel, Some(Channel::Voice | Channel::Chat)) {
+                            self.close_waiting(id, "max_wait", now_ms).await?;
                         }
                     }
                 }
-                self.notice(conversation, queue, "max_wait", detail, now_ms)
-                    .await?;
             }
             Command::QueueClosed {
                 conversation,
                 queue,
                 action,
             } => {
-                let action = serde_json::to_value(&action).unwrap_or_default();
-                self.notice(conversation, queue, "queue_closed", action, now_ms)
+                let leaves = action != ccu_routing::ClosedAction::Queue;
+                let detail = serde_json::to_value(&action).unwrap_or_default();
+                self.notice(conversation, queue, "queue_closed", detail, now_ms)
                     .await?;
+                // A chat that the closing queue dropped is closed here, after
+                // the widget heard why; a call closes its own after the
+                // closed message (the voice channel).
+                if leaves
+                    && self
+                        .store
+                        .conversation_channel(conversation_id(conversation))
+                        .await?
+                        == Some(Channel::Chat)
+                {
+                    self.close_waiting(conversation_id(conversation), "queue_closed", now_ms)
+                        .await?;
+                }
             }
             Command::OperatorAutoPaused { operator, missed } => {
                 let user = user_id(operator);
@@ -1196,6 +1241,27 @@ impl Actor {
             outcome: outcome.to_owned(),
             now: now_ms,
         }
+    }
+
+    /// Closes a conversation the engine let go while it waited (the
+    /// maximum wait, a closing queue), if it still waits.
+    async fn close_waiting(&self, id: i64, reason: &str, now_ms: i64) -> Result<(), RouterError> {
+        let closed = self
+            .store
+            .transition(
+                id,
+                &[ConversationState::Queued, ConversationState::Offered],
+                ConversationState::Closed,
+                "closed",
+                None,
+                &serde_json::json!({ "reason": reason }),
+                now_ms,
+            )
+            .await?;
+        if closed {
+            self.changed(id, "closed", None).await?;
+        }
+        Ok(())
     }
 
     /// A rule fired that the channel must render (maximum wait, queue

@@ -75,12 +75,18 @@ enum Msg {
     Hold(bool),
     /// The router dropped the waiting call: its queue closed.
     QueueClosed,
-    /// The queue's maximum wait: a callback keeps the place (`true`), or
-    /// the call ends with the message.
+    /// The queue's maximum wait: a callback keeps the place (`callback`),
+    /// voicemail records a message and keeps it (`voicemail`), or the call
+    /// ends with the message.
     MaxWait {
         callback: bool,
+        voicemail: bool,
     },
     Position(QueueStatus),
+    /// The conversation was assigned (to this operator, or another).
+    Assigned {
+        operator: Option<i64>,
+    },
     HangUp,
 }
 
@@ -100,11 +106,16 @@ struct Shared {
     /// the trunks, refilled each second, holding a second's worth.
     admission: Mutex<RateLimiter>,
     conversations: Mutex<Conversations>,
+    /// Conversation → its callbacks placed here, by offer.
+    callbacks: Mutex<HashMap<i64, Vec<CallbackTask>>>,
     ports: PortRange,
     next_port: AtomicUsize,
     media_ip: IpAddr,
     shutdown: CancellationToken,
 }
+
+/// A callback placed here: its offer and its task.
+type CallbackTask = (u64, mpsc::Sender<Msg>);
 
 /// Conversation → its call, and what the bus said of a conversation
 /// before its call knew its id.
@@ -255,6 +266,7 @@ pub fn start(
             max_sources: 1,
         })),
         conversations: Mutex::new(Conversations::default()),
+        callbacks: Mutex::new(HashMap::new()),
         ports,
         next_port: AtomicUsize::new(0),
         media_ip,
@@ -377,6 +389,7 @@ impl Voice {
                     Err(_) => return,
                 },
             };
+            self.notify_callbacks(event.as_ref());
             let (conversation, msg) = match event.as_ref() {
                 BusEvent::OfferMade {
                     offer_id,
@@ -449,6 +462,7 @@ impl Voice {
                     *conversation_id,
                     Msg::MaxWait {
                         callback: detail == "callback",
+                        voicemail: detail == "voicemail",
                     },
                 ),
                 _ => continue,
@@ -627,6 +641,8 @@ impl Voice {
             caller_number: caller_number.clone(),
             operator: None,
             answered: false,
+            voicemail: false,
+            voice_message: false,
             ringing: Vec::new(),
             pending: Vec::new(),
         };
@@ -706,7 +722,13 @@ impl Voice {
                         Msg::Hold(true) => call.handle(now, CallInput::Hold),
                         Msg::Hold(false) => call.handle(now, CallInput::Unhold),
                         Msg::QueueClosed => call.handle(now, CallInput::QueueClosed),
-                        Msg::MaxWait { callback } => {
+                        Msg::MaxWait { voicemail: true, .. } => {
+                            // Anonymous callers too: the message is heard
+                            // even if they cannot be called back.
+                            context.voicemail = true;
+                            call.handle(now, CallInput::Voicemail);
+                        }
+                        Msg::MaxWait { callback, .. } => {
                             // An anonymous caller cannot be called back: the
                             // maximum-wait message, and the call's end closes it.
                             let callback = callback && !context.caller_number.is_empty();
@@ -714,6 +736,8 @@ impl Voice {
                         }
                         Msg::Position(status) => call.handle(now, CallInput::QueueStatus(status)),
                         Msg::HangUp => call.handle(now, CallInput::HangUp),
+                        // A call's own assignment comes with its answer.
+                        Msg::Assigned { .. } => {}
                     }
                 }
                 received = caller_socket.recv_from(&mut buf_a) => {
@@ -754,6 +778,9 @@ struct CallContext {
     caller_number: String,
     operator: Option<(u64, i64)>,
     answered: bool,
+    /// The caller was asked for a voice message, and left one.
+    voicemail: bool,
+    voice_message: bool,
     /// The devices of the offer ringing now, for its record.
     ringing: Vec<serde_json::Value>,
     /// Records made before the conversation exists (the IVR's): stored
@@ -800,10 +827,13 @@ fn send_rtp(
 /// (Prometheus counters; `/metrics`).
 fn export_call_metrics(cause: HangupCause, call: &Call) {
     metrics::counter!("ccu_voice_calls_ended_total", "cause" => cause.as_str()).increment(1);
-    let Some(media) = call.media() else {
-        return;
-    };
-    let relay = media.relay();
+    if let Some(media) = call.media() {
+        export_relay_metrics(media.relay());
+    }
+}
+
+/// A call's relayed, local and dropped packets, once it is over.
+fn export_relay_metrics(relay: &ccu_channels::media::relay::Relay) {
     for (leg, to) in [(Leg::A, "caller"), (Leg::B, "operator")] {
         let stats = relay.stats(leg);
         metrics::counter!("ccu_rtp_relayed_packets_total", "to" => to)
@@ -1102,6 +1132,37 @@ impl CallContext {
             CallOutput::OfferOutcome { offer, outcome } => {
                 self.offer_outcome(offer, outcome).await;
             }
+            CallOutput::VoiceMessage { wav, duration } => {
+                // Under half a second is a hang-up after the tone, not a message.
+                let Some(conversation) = self
+                    .conversation
+                    .filter(|_| duration >= Duration::from_millis(500))
+                else {
+                    return;
+                };
+                let duration_ms = i64::try_from(duration.as_millis()).unwrap_or(i64::MAX);
+                let stored = shared
+                    .state
+                    .store
+                    .store_voice_message(
+                        conversation,
+                        &self.queue,
+                        crate::now_ms(),
+                        duration_ms,
+                        &wav,
+                    )
+                    .await;
+                match stored {
+                    Ok(id) => {
+                        self.voice_message = true;
+                        metrics::counter!("ccu_voice_messages_total").increment(1);
+                        tracing::info!(conversation, id, duration_ms, "voice message stored");
+                    }
+                    Err(error) => {
+                        tracing::error!(conversation, "the voice message was not stored: {error}")
+                    }
+                }
+            }
             CallOutput::Abandoned { wait } => {
                 if let Some(conversation) = self.conversation {
                     tracing::info!(
@@ -1177,9 +1238,10 @@ impl CallContext {
                 {
                     let _ = shared.state.hub.complete(conversation, operator).await;
                     shared.state.hub.announce_end(conversation, "voice").await;
-                } else if let (Some(conversation), HangupCause::Ivr(CallHangup::MaxWait)) =
-                    (self.conversation, cause)
-                {
+                } else if let Some(conversation) = self.conversation.filter(|_| {
+                    cause == HangupCause::Ivr(CallHangup::MaxWait)
+                        || (self.voicemail && !self.voice_message && self.caller_number.is_empty())
+                }) {
                     // The router closed it at the maximum wait, or (an
                     // anonymous caller at a callback queue's maximum wait)
                     // it is still in line: closed here, out of the engine.

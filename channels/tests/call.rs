@@ -1428,3 +1428,98 @@ fn the_operator_hanging_up_while_the_citizen_rings_cancels_the_call() {
         Some(CallbackEnd::Interrupted(HangupCause::Operator))
     );
 }
+
+/// The router takes a ringing callback offer back: the phones are
+/// CANCELled after their 180 and nobody is called.
+#[test]
+fn a_withdrawn_callback_offer_cancels_the_phones_and_calls_nobody() {
+    let mut h = CallbackHarness::new(vec![device(1)]);
+    let (leg, invite) = CallbackHarness::invites(&h.take())[0].clone();
+    h.sip(
+        leg,
+        DialogEvent::Response(&phone_reply(&invite, 180, "p1", None)),
+    );
+    h.input(CallbackInput::WithdrawOffer);
+    let outputs = h.take();
+    assert!(
+        matches!(sip_sends(&outputs, leg)[0], SipSend::Cancel(_)),
+        "{outputs:?}"
+    );
+    assert!(
+        outputs.contains(&CallOutput::Record(CallRecord::OfferEnded {
+            offer: 7,
+            operator: 3,
+            end: OfferEnd::Withdrawn
+        }))
+    );
+    assert_eq!(h.ended, Some(CallbackEnd::NotTaken));
+    assert!(
+        !outputs
+            .iter()
+            .any(|o| matches!(o, CallOutput::OfferOutcome { .. })),
+        "the router took it back: no outcome to report"
+    );
+}
+
+/// The conversation is moved away while the citizen's phone rings (the
+/// console transferred it): the citizen's INVITE is CANCELled and the
+/// operator hung up.
+#[test]
+fn a_callback_taken_away_while_dialing_cancels_the_citizen_and_hangs_up_the_operator() {
+    let mut h = CallbackHarness::new(vec![device(1)]);
+    let (phone, _, invite) = h.operator_takes_it();
+    h.sip(
+        SipLeg::Caller,
+        DialogEvent::Response(&citizen_reply(&invite, 180)),
+    );
+    h.input(CallbackInput::TakenAway);
+    let outputs = h.take();
+    assert!(
+        sip_sends(&outputs, SipLeg::Caller)
+            .iter()
+            .any(|s| matches!(s, SipSend::Cancel(_))),
+        "{outputs:?}"
+    );
+    assert!(is_request(sip_sends(&outputs, phone)[0], Method::Bye));
+    assert_eq!(
+        h.ended,
+        Some(CallbackEnd::Interrupted(HangupCause::Console))
+    );
+}
+
+/// A trunk that fails (503) is not the citizen's attempt; a number that
+/// does not exist (404) is.
+#[test]
+fn a_trunk_failure_is_not_the_citizens_attempt_but_an_unknown_number_is() {
+    for (status, end) in [
+        (
+            503,
+            CitizenEnd::TrunkFailed(StatusCode::new(503).expect("status")),
+        ),
+        (
+            404,
+            CitizenEnd::Failed(StatusCode::new(404).expect("status")),
+        ),
+        (
+            603,
+            CitizenEnd::Declined(StatusCode::new(603).expect("status")),
+        ),
+    ] {
+        let mut h = CallbackHarness::new(vec![device(1)]);
+        let (_, _, invite) = h.operator_takes_it();
+        h.sip(
+            SipLeg::Caller,
+            DialogEvent::Response(&citizen_reply(&invite, status)),
+        );
+        assert!(
+            h.take()
+                .contains(&CallOutput::Record(CallRecord::CallbackAttempt {
+                    end: Some(end)
+                })),
+            "{status}"
+        );
+        h.advance_to(Duration::from_secs(10));
+        assert_eq!(h.ended, Some(CallbackEnd::NotReached(end)));
+        assert_eq!(end.is_citizens(), status != 503);
+    }
+}

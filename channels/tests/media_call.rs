@@ -248,6 +248,7 @@ fn a_call_hears_the_ivr_chooses_by_dtmf_waits_and_is_bridged() {
                     }
                     RelayAction::Latched { .. } | RelayAction::Digit { .. } => {}
                     RelayAction::MediaTimeout { leg } => panic!("media timeout on {leg:?}"),
+                    RelayAction::Heard { .. } => panic!("nobody listens in this call"),
                 }
             }
             while let Some(output) = player.poll(now) {

@@ -67,6 +67,11 @@ pub enum RoutingError {
         conversation: ConversationId,
         operator: OperatorId,
     },
+    #[error("conversation {conversation} is not assigned to operator {operator}")]
+    NotAssigned {
+        conversation: ConversationId,
+        operator: OperatorId,
+    },
 }
 
 /// A broken internal invariant, reported by [`Engine::check_invariants`].
@@ -1601,15 +1606,28 @@ impl Engine {
             }
             Event::CallbackRetry {
                 conversation,
+                operator,
                 not_before,
             } => {
                 let ci = self.conv_idx(conversation)?;
+                let oi = self.op(operator)?;
+                if !matches!(self.conv(ci).state, ConvState::Assigned { op, .. } if op == oi) {
+                    // Moved on meanwhile (transferred, taken by another):
+                    // not this callback's to put back.
+                    return Err(RoutingError::NotAssigned {
+                        conversation,
+                        operator,
+                    });
+                }
                 self.detach(ci, WithdrawReason::Transferred);
                 let until = not_before.0.max(now);
+                // The operator who just tried is not offered it again at once.
+                let excluded_until = now + i64::from(self.config.reoffer_delay_secs) * 1000;
                 let conv = self.conv_mut(ci);
                 conv.callback = true;
                 conv.max_wait_done = true;
-                conv.excluded.clear();
+                conv.excluded.retain(|&(_, u)| u > now);
+                conv.excluded.push((oi, excluded_until));
                 conv.pinned = None;
                 conv.state = ConvState::Parked { until };
                 let (id, qi) = (conv.id, conv.queue);
@@ -1618,6 +1636,7 @@ impl Engine {
                     queue: self.queues[qi as usize].config.id,
                     reason: RequeueReason::CallbackRetry,
                 });
+                self.schedule(excluded_until, Timer::Exclusion(id));
                 if until <= now {
                     self.place_waiting(ci);
                 } else {
@@ -1810,25 +1829,31 @@ impl Engine {
                 }
                 let queue = q.config.id;
                 let qi = conv.queue;
+                let voice = conv.channel == Channel::Voice;
                 self.out.push_back(Command::MaxWaitReached {
                     conversation: id,
                     queue,
                     action: action.clone(),
                 });
-                match action {
-                    MaxWaitAction::Callback => {
-                        let conv = self.conv_mut(ci);
-                        conv.callback = true;
-                        conv.max_wait_done = true;
-                    }
-                    MaxWaitAction::Voicemail | MaxWaitAction::Close { .. } => {
-                        let window = self.window_ms();
-                        self.queues[qi as usize]
-                            .counters
-                            .record(now, window, Sample::MaxWaitExit);
-                        self.remove_waiting(ci);
-                        self.free_conv(ci);
-                    }
+                // A caller who leaves a message is called back: the place
+                // is kept as for a callback (a chat has no voice message
+                // to leave: it leaves as for `close`).
+                let keeps_place = match action {
+                    MaxWaitAction::Callback => true,
+                    MaxWaitAction::Voicemail => voice,
+                    MaxWaitAction::Close { .. } => false,
+                };
+                if keeps_place {
+                    let conv = self.conv_mut(ci);
+                    conv.callback = true;
+                    conv.max_wait_done = true;
+                } else {
+                    let window = self.window_ms();
+                    self.queues[qi as usize]
+                        .counters
+                        .record(now, window, Sample::MaxWaitExit);
+                    self.remove_waiting(ci);
+                    self.free_conv(ci);
                 }
             }
             Timer::Retry(id) => {

@@ -66,12 +66,14 @@ pub enum Event {
         conversation: ConversationId,
     },
     /// A callback did not reach the citizen (no answer, busy, failed) or
-    /// was cut before they answered: the conversation leaves its operator
-    /// (no wrap-up: nobody talked) or its offers, stays a callback in its
-    /// place, and is offered again from `not_before` (the retry delay; now
-    /// or earlier: at once).
+    /// was cut before they answered: the conversation leaves `operator`,
+    /// who held it (no wrap-up: nobody talked; an error if it is not theirs
+    /// any more), stays a callback in its place, and is offered again from
+    /// `not_before` (the retry delay; now or earlier: at once), to this
+    /// operator only after the re-offer delay.
     CallbackRetry {
         conversation: ConversationId,
+        operator: OperatorId,
         not_before: Timestamp,
     },
     /// The operator finished after-contact work, with a disposition code.

@@ -628,7 +628,7 @@ fn a_callback_request_keeps_the_place_stops_the_maximum_wait_and_the_offer_says_
 
 /// A callback that did not reach the citizen leaves its operator without
 /// a wrap-up, waits out of line for its retry delay, and is then offered
-/// again as a callback; a retry due now is offered at once.
+/// again as a callback. Only the operator who holds it can put it back.
 #[test]
 fn a_callback_retry_frees_the_operator_and_offers_again_after_the_delay() {
     let mut w = World::new();
@@ -637,13 +637,21 @@ fn a_callback_retry_frees_the_operator_and_offers_again_after_the_delay() {
     w.queue(q);
     w.simple_operator(10, &[(1, 5)]);
     let (offer, _, _) = the_offer(&w.call(100, 1));
+    // Offered, not assigned: nobody's to put back.
+    let retry = |operator: u64, not_before: Timestamp| Event::CallbackRetry {
+        conversation: ConversationId(100),
+        operator: OperatorId(operator),
+        not_before,
+    };
+    assert!(w.engine.handle(w.now, retry(10, Timestamp(0))).is_err());
     w.accept(offer);
     w.at(5.0);
+    assert_eq!(
+        w.engine.handle(w.now, retry(11, Timestamp(0))),
+        Err(RoutingError::UnknownOperator(OperatorId(11)))
+    );
     let not_before = Timestamp(w.now.0 + 60_000);
-    let cmds = w.send(Event::CallbackRetry {
-        conversation: ConversationId(100),
-        not_before,
-    });
+    let cmds = w.send(retry(10, not_before));
     assert!(
         cmds.contains(&Command::Requeued {
             conversation: ConversationId(100),
@@ -677,32 +685,10 @@ fn a_callback_retry_frees_the_operator_and_offers_again_after_the_delay() {
         )),
         "{cmds:?}"
     );
-    // Offered (not yet accepted): a retry due now takes the offer back
-    // and offers it again at once.
-    let cmds = w.send(Event::CallbackRetry {
-        conversation: ConversationId(100),
-        not_before: Timestamp(0),
-    });
-    assert!(
-        cmds.iter().any(|c| matches!(c, Command::Withdraw { .. })),
-        "{cmds:?}"
-    );
-    assert!(
-        cmds.iter().any(|c| matches!(
-            c,
-            Command::Offer {
-                conversation: ConversationId(100),
-                callback: true,
-                ..
-            }
-        )),
-        "{cmds:?}"
-    );
     // A parked callback whose citizen is closed by someone else leaves the engine.
-    w.send(Event::CallbackRetry {
-        conversation: ConversationId(100),
-        not_before: Timestamp(w.now.0 + 60_000),
-    });
+    let (offer, _, _) = the_offer(&cmds);
+    w.accept(offer);
+    w.send(retry(10, Timestamp(w.now.0 + 60_000)));
     w.abandon(100);
     assert_eq!(w.status(100), None);
     assert!(w.at(200.0).is_empty());
@@ -712,6 +698,7 @@ fn a_callback_retry_frees_the_operator_and_offers_again_after_the_delay() {
                 w.now,
                 Event::CallbackRetry {
                     conversation: ConversationId(999),
+                    operator: OperatorId(10),
                     not_before: Timestamp(0),
                 },
             )
@@ -719,20 +706,70 @@ fn a_callback_retry_frees_the_operator_and_offers_again_after_the_delay() {
     );
 }
 
+/// A retry due now (the operator hung up before the citizen answered) goes
+/// to a colleague at once, and to the same operator only after the
+/// re-offer delay.
 #[test]
-fn maximum_wait_with_voicemail_takes_the_conversation_out_of_line() {
+fn a_callback_retried_at_once_goes_to_a_colleague_first() {
+    let mut w = World::new();
+    w.queue(QueueConfig::new(QueueId(1), OrgId(1), vec![skill(1, 1)]));
+    w.simple_operator(10, &[(1, 9)]);
+    let (offer, _, op) = the_offer(&w.call(100, 1));
+    assert_eq!(op, 10);
+    w.accept(offer);
+    w.simple_operator(11, &[(1, 5)]);
+    let cmds = w.send(Event::CallbackRetry {
+        conversation: ConversationId(100),
+        operator: OperatorId(10),
+        not_before: Timestamp(0),
+    });
+    let (_, conversation, operator) = the_offer(&cmds);
+    assert_eq!((conversation, operator), (100, 11), "{cmds:?}");
+}
+
+/// Voicemail at the maximum wait: the caller leaves a message and is called
+/// back, so the call keeps its place as a callback; a chat (no message to
+/// leave) leaves the line as for `close`.
+#[test]
+fn maximum_wait_with_voicemail_keeps_a_calls_place_and_takes_a_chat_out_of_line() {
     let mut w = World::new();
     let mut q = QueueConfig::new(QueueId(1), OrgId(1), vec![skill(1, 1)]);
     q.max_wait = Some((120, MaxWaitAction::Voicemail));
     w.queue(q);
     w.call(100, 1);
+    w.arrive(101, 1, Channel::Chat);
     w.at(119.0);
     assert_eq!(w.status(100), Some(ConversationStatus::Waiting));
-    w.at(121.0);
-    assert_eq!(w.status(100), None);
-    assert_eq!(w.engine.waiting(QueueId(1)).unwrap(), 0);
+    let cmds = w.at(121.0);
+    assert_eq!(
+        cmds.iter()
+            .filter(|c| matches!(
+                c,
+                Command::MaxWaitReached {
+                    action: MaxWaitAction::Voicemail,
+                    ..
+                }
+            ))
+            .count(),
+        2,
+        "{cmds:?}"
+    );
+    assert_eq!(w.status(100), Some(ConversationStatus::Waiting));
+    assert_eq!(w.status(101), None);
+    assert_eq!(w.engine.waiting(QueueId(1)).unwrap(), 1);
     let stats = w.engine.queue_stats(QueueId(1), w.now).unwrap();
     assert_eq!(stats.today.max_wait_exits, 1);
+    // Not again: it is a callback now, offered as one.
+    assert!(w.at(600.0).is_empty());
+    let cmds = w.simple_operator(10, &[(1, 5)]);
+    assert!(cmds.iter().any(|c| matches!(
+        c,
+        Command::Offer {
+            conversation: ConversationId(100),
+            callback: true,
+            ..
+        }
+    )));
 }
 
 #[test]

@@ -194,6 +194,8 @@ struct Run {
     /// Offers not yet answered, withdrawn or timed out.
     open_offers: Vec<OfferId>,
     assigned: BTreeSet<u64>,
+    /// The live conversations that are calls (voicemail keeps their place).
+    calls: BTreeSet<u64>,
     next_conv: u64,
 }
 
@@ -307,6 +309,7 @@ impl Run {
             profiles,
             queues: queue_map,
             live: BTreeSet::new(),
+            calls: BTreeSet::new(),
             open_offers: Vec::new(),
             assigned: BTreeSet::new(),
             next_conv: 1,
@@ -445,8 +448,15 @@ impl Run {
         let result = self.engine.handle(Timestamp(self.now), event.clone());
         if result.is_ok() {
             match &event {
-                Event::ConversationQueued { conversation, .. } => {
+                Event::ConversationQueued {
+                    conversation,
+                    channel,
+                    ..
+                } => {
                     self.live.insert(conversation.0);
+                    if *channel == Channel::Voice {
+                        self.calls.insert(conversation.0);
+                    }
                 }
                 Event::ConversationEnded { conversation, .. } => {
                     self.live.remove(&conversation.0);
@@ -499,7 +509,10 @@ impl Run {
                     conversation,
                     action,
                     ..
-                } if *action != MaxWaitAction::Callback => {
+                } if *action != MaxWaitAction::Callback
+                    && !(*action == MaxWaitAction::Voicemail
+                        && self.calls.contains(&conversation.0)) =>
+                {
                     self.live.remove(&conversation.0);
                 }
                 _ => {}

@@ -21,6 +21,7 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list_conversations))
         .routes(routes!(get_conversation))
+        .routes(routes!(voice_message))
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -117,4 +118,38 @@ async fn get_conversation(
         .await?
         .map(Json)
         .ok_or(ApiError::NotFound("conversation"))
+}
+
+/// A voice message the caller left (the `voicemail` event gives its id),
+/// as a WAV download (16-bit PCM, 8 kHz mono).
+#[utoipa::path(
+    get, path = "/api/v1/conversations/{id}/voicemail/{message}", tag = "conversations",
+    params(
+        ("id" = i64, Path, description = "Conversation id"),
+        ("message" = i64, Path, description = "The voice message's id"),
+    ),
+    security(("bearer" = ["operator"]), ("cookie" = ["operator"])),
+    responses(
+        (status = 200, description = "The message, `Content-Disposition: attachment`", content_type = "audio/wav", body = Vec<u8>),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)
+    )
+)]
+async fn voice_message(
+    auth: Auth,
+    State(state): State<AppState>,
+    ApiPath((id, message)): ApiPath<(i64, i64)>,
+) -> Result<axum::response::Response, ApiError> {
+    if !state.store.conversation_visible(&auth.scope, id).await? {
+        return Err(ApiError::NotFound("conversation"));
+    }
+    let message = state
+        .store
+        .voice_message(id, message)
+        .await?
+        .ok_or(ApiError::NotFound("voice message"))?;
+    Ok(super::mail::download(
+        axum::http::HeaderValue::from_static("audio/wav"),
+        &format!("voicemail-{id}-{}.wav", message.id),
+        message.wav,
+    ))
 }

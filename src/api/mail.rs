@@ -245,7 +245,7 @@ fn inert_content_type(declared: &str) -> HeaderValue {
 }
 
 /// A file response that the browser saves and never renders.
-fn download(content_type: HeaderValue, filename: &str, bytes: Vec<u8>) -> Response {
+pub(super) fn download(content_type: HeaderValue, filename: &str, bytes: Vec<u8>) -> Response {
     let mut headers = HeaderMap::new();
     headers.insert(header::CONTENT_TYPE, content_type);
     headers.insert(header::CONTENT_DISPOSITION, content_disposition(filename));

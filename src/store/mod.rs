@@ -91,6 +91,7 @@ pub use chat::{Contact, OpenOffer};
 pub mod mail; // e-mail channel (issue 6)
 
 pub mod sip; // voice channel (issue 5)
+pub mod voicemail; // voice messages (issue 5)
 
 fn migrations(backend: &str) -> Vec<Migration> {
     let files: &[(i64, &str, &str)] = match backend {
@@ -120,6 +121,11 @@ fn migrations(backend: &str) -> Vec<Migration> {
                 "sip",
                 include_str!("../../migrations/sqlite/0005_sip.sql"),
             ), // voice (issue 5)
+            (
+                6,
+                "voicemail",
+                include_str!("../../migrations/sqlite/0006_voicemail.sql"),
+            ),
         ],
         _ => &[
             (
@@ -147,6 +153,11 @@ fn migrations(backend: &str) -> Vec<Migration> {
                 "sip",
                 include_str!("../../migrations/postgres/0005_sip.sql"),
             ), // voice (issue 5)
+            (
+                6,
+                "voicemail",
+                include_str!("../../migrations/postgres/0006_voicemail.sql"),
+            ),
         ],
     };
     files
@@ -584,8 +595,9 @@ impl ConversationDetail {
             .iter()
             .filter(|e| e.kind == CALLBACK_ATTEMPT)
             .filter(|e| {
+                // Answered, or the trunk's failure: not the citizen's attempt.
                 serde_json::from_str::<serde_json::Value>(&e.data)
-                    .is_ok_and(|d| d["result"] != "answered")
+                    .is_ok_and(|d| d["result"] != "answered" && d["result"] != "trunk_failed")
             })
             .count();
         Some(CallbackPlan {
@@ -1522,10 +1534,11 @@ fn transition_update(
             format!("${}", args.len())
         })
         .collect();
-    let closed = if matches!(to, ConversationState::Closed | ConversationState::Abandoned) {
-        ", closed_at = $2"
-    } else {
-        ""
+    let closed = match to {
+        ConversationState::Closed | ConversationState::Abandoned => ", closed_at = $2",
+        // Back in line (a callback to try again): nobody's any more.
+        ConversationState::Queued => ", operator_id = NULL",
+        _ => "",
     };
     let update = format!(
         "UPDATE conversations SET state = $1, updated_at = $2{closed} WHERE id = $3 AND state IN ({}) \

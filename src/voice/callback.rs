@@ -42,7 +42,18 @@ use tokio::sync::mpsc;
 use super::{
     ActiveCall, CallContext, Msg, Voice, client_event, lock, random_start, random_u64, send_rtp,
 };
+use crate::bus::BusEvent;
 use crate::store::{CallbackPlan, Scope};
+
+/// How a callback task ended, for what becomes of its conversation.
+pub(super) struct CallbackDone {
+    context: CallContext,
+    plan: CallbackPlan,
+    end: CallbackEnd,
+    /// The conversation left this operator meanwhile (the console, another
+    /// operator): nothing to do with it.
+    taken_away: bool,
+}
 
 /// One callback offer, as the bus brought it.
 pub(super) struct CallbackOffer {
@@ -63,14 +74,16 @@ impl Voice {
     /// A callback offer for a conversation no call here holds: placed
     /// here if this node has the operator's phones and a trunk takes our
     /// calls. Whether it was taken (otherwise the offer goes on as any
-    /// other: the console shows it).
+    /// other: the console shows it). One task per offer (ring-all offers a
+    /// callback to several operators at once).
     pub(super) fn start_callback(&self, offer: CallbackOffer) -> bool {
+        let operator = ccu_channels::sip::registrar::OperatorId(offer.operator);
         if !self.can_call_out()
-            || self
-                .0
-                .sip
-                .bindings(ccu_channels::sip::registrar::OperatorId(offer.operator))
-                .is_empty()
+            || offer.expires_at <= crate::now_ms()
+            || self.0.sip.bindings(operator).is_empty()
+            || lock(&self.0.conversations)
+                .calls
+                .contains_key(&offer.conversation)
         {
             return false;
         }
@@ -84,33 +97,88 @@ impl Voice {
             return false;
         }
         let place = ActiveCall(self.0.clone());
+        metrics::gauge!("ccu_voice_calls").set(self.calls() as f64);
         let (tx, rx) = mpsc::channel(256);
         {
-            // One task per conversation: the listener's next events for it
-            // (a withdrawal, the console's hang-up) go to this task.
-            let mut conversations = lock(&self.0.conversations);
-            if conversations.calls.contains_key(&offer.conversation) {
-                return false;
+            let mut callbacks = lock(&self.0.callbacks);
+            let tasks = callbacks.entry(offer.conversation).or_default();
+            if tasks.iter().any(|(o, _)| *o == offer.offer) {
+                return true;
             }
-            conversations.calls.insert(offer.conversation, tx.clone());
+            tasks.push((offer.offer, tx.clone()));
         }
         let voice = self.clone();
         tokio::spawn(async move {
             let _place = place;
-            let conversation = offer.conversation;
+            let (conversation, offer_id) = (offer.conversation, offer.offer);
             let ended = voice.run_callback(offer, tx.clone(), rx).await;
             // Forgotten before the conversation moves on, so that its next
             // offer (a retry at once) starts a new callback here.
             lock(&voice.0.calls).retain(|_, s| !s.same_channel(&tx));
-            lock(&voice.0.conversations)
-                .calls
-                .retain(|_, s| !s.same_channel(&tx));
+            {
+                let mut callbacks = lock(&voice.0.callbacks);
+                if let Some(tasks) = callbacks.get_mut(&conversation) {
+                    tasks.retain(|(o, _)| *o != offer_id);
+                    if tasks.is_empty() {
+                        callbacks.remove(&conversation);
+                    }
+                }
+            }
             match ended {
-                Ok((context, plan, end)) => voice.callback_ended(&context, &plan, end).await,
-                Err(error) => tracing::warn!(conversation, "callback not placed: {error:#}"),
+                Ok(ended) => voice.callback_ended(ended).await,
+                Err(error) => {
+                    // The phone never rang: the console's offer stands.
+                    metrics::counter!("ccu_voice_callbacks_total", "result" => "error")
+                        .increment(1);
+                    tracing::warn!(conversation, "callback not placed: {error:#}");
+                }
             }
         });
         true
+    }
+
+    /// What the bus says of a conversation with callbacks here, to them:
+    /// an offer withdrawn (by its id), the assignment (the console's
+    /// accept, or someone else's), a requeue (the console declined or
+    /// transferred it), an end from the console.
+    pub(super) fn notify_callbacks(&self, event: &BusEvent) {
+        let (conversation, offer, msg): (i64, Option<u64>, fn() -> Msg) = match event {
+            BusEvent::OfferWithdrawn {
+                conversation_id,
+                offer_id,
+                ..
+            } => (*conversation_id, Some(*offer_id), || Msg::Withdraw),
+            BusEvent::ConversationChanged {
+                conversation_id,
+                state,
+                operator_id,
+                ..
+            } if state == "assigned" => {
+                let tasks = lock(&self.0.callbacks);
+                for (_, task) in tasks.get(conversation_id).into_iter().flatten() {
+                    let _ = task.try_send(Msg::Assigned {
+                        operator: *operator_id,
+                    });
+                }
+                return;
+            }
+            BusEvent::ConversationChanged {
+                conversation_id,
+                state,
+                ..
+            } if state == "queued" => (*conversation_id, None, || Msg::Requeued),
+            BusEvent::ConversationEnded {
+                conversation_id,
+                by,
+            } if by != "citizen" && by != "voice" => (*conversation_id, None, || Msg::HangUp),
+            _ => return,
+        };
+        let tasks = lock(&self.0.callbacks);
+        for (task_offer, task) in tasks.get(&conversation).into_iter().flatten() {
+            if offer.is_none_or(|o| o == *task_offer) {
+                let _ = task.try_send(msg());
+            }
+        }
     }
 
     /// The trunk to call through: the one the citizen's call came in on,
@@ -128,8 +196,9 @@ impl Voice {
         let address = tokio::net::lookup_host((host.as_str(), port))
             .await
             .with_context(|| format!("resolving {outbound}"))?
-            .find(SocketAddr::is_ipv4)
-            .with_context(|| format!("{outbound} has no IPv4 address"))?;
+            // Of the SIP endpoint's address family: it sends from that socket.
+            .find(|a| a.is_ipv4() == self.0.sip.udp_addr().is_ipv4())
+            .with_context(|| format!("{outbound} has no address of the SIP endpoint's family"))?;
         Ok((trunk.name.clone(), address))
     }
 
@@ -138,10 +207,11 @@ impl Voice {
         offer: CallbackOffer,
         me: mpsc::Sender<Msg>,
         mut rx: mpsc::Receiver<Msg>,
-    ) -> anyhow::Result<(CallContext, CallbackPlan, CallbackEnd)> {
+    ) -> anyhow::Result<CallbackDone> {
         let shared = &self.0;
         let settings = &shared.state.settings;
         let conversation = offer.conversation;
+        let offer_operator = offer.operator;
         let detail = shared
             .state
             .store
@@ -168,6 +238,8 @@ impl Voice {
             caller_number: plan.number.clone(),
             operator: Some((offer.offer, offer.operator)),
             answered: false,
+            voicemail: false,
+            voice_message: false,
             ringing: Vec::new(),
             pending: Vec::new(),
         };
@@ -270,6 +342,9 @@ impl Voice {
             )
             .await;
         let mut callback = Callback::new(Instant::now(), config, setup);
+        // The console accepted it for this operator (the phone may still ring).
+        let mut assigned_here = false;
+        let mut taken_away = false;
         let mut handles: HashMap<(String, u32, String), ServerTxHandle> = HashMap::new();
         let mut shutting_down = false;
         let mut end = None;
@@ -287,7 +362,15 @@ impl Voice {
                         context.send_sip(leg, send, &mut handles).await;
                     }
                     CallbackOutput::Call(CallOutput::OfferOutcome { offer, outcome }) => {
-                        let accepted = context.offer_outcome(offer, outcome).await;
+                        let accepted = if outcome == ccu_channels::call::OfferOutcome::Accepted
+                            && assigned_here
+                        {
+                            true
+                        } else {
+                            context.offer_outcome(offer, outcome).await
+                                || (outcome == ccu_channels::call::OfferOutcome::Accepted
+                                    && self.assigned_to(conversation, offer_operator).await)
+                        };
                         // Only what the router gave counts for the end.
                         context.answered = accepted;
                         if outcome == ccu_channels::call::OfferOutcome::Accepted {
@@ -323,8 +406,16 @@ impl Voice {
                         }
                         Msg::Withdraw => callback.handle(now, CallbackInput::WithdrawOffer),
                         Msg::HangUp => callback.handle(now, CallbackInput::HangUp),
-                        // Another offer of the same conversation, positions,
-                        // hold and transfer: not for a callback.
+                        Msg::Assigned { operator } if operator == Some(offer_operator) => {
+                            assigned_here = true;
+                        }
+                        // Someone else has it now, or the console declined or
+                        // transferred it: not this callback's any more.
+                        Msg::Assigned { .. } | Msg::Requeued => {
+                            taken_away |= !callback.is_ringing();
+                            callback.handle(now, CallbackInput::TakenAway);
+                        }
+                        // Positions, hold and offers of the call channel.
                         _ => {}
                     }
                 }
@@ -348,24 +439,55 @@ impl Voice {
         let end = end.unwrap_or(CallbackEnd::Interrupted(
             ccu_channels::call::HangupCause::Console,
         ));
-        Ok((context, plan, end))
+        super::export_relay_metrics(callback.relay());
+        Ok(CallbackDone {
+            context,
+            plan,
+            end,
+            taken_away,
+        })
+    }
+
+    /// Whether the conversation is assigned to `operator` in the store (the
+    /// console accepted it a moment before the phone answered).
+    async fn assigned_to(&self, conversation: i64, operator: i64) -> bool {
+        let detail = self
+            .0
+            .state
+            .store
+            .get_conversation(&Scope::All, conversation)
+            .await;
+        matches!(detail, Ok(Some(d)) if d.conversation.state == crate::store::ConversationState::Assigned
+            && d.conversation.operator_id == Some(operator))
     }
 
     /// What becomes of the conversation (see the module's table).
-    async fn callback_ended(&self, context: &CallContext, plan: &CallbackPlan, end: CallbackEnd) {
+    async fn callback_ended(&self, done: CallbackDone) {
         let shared = &self.0;
+        let CallbackDone {
+            context,
+            plan,
+            end,
+            taken_away,
+        } = done;
         let (Some(conversation), Some((_, operator))) = (context.conversation, context.operator)
         else {
             return;
         };
         let result = match end {
+            _ if taken_away => "taken_away",
             CallbackEnd::NotTaken | CallbackEnd::Refused => "not_taken",
             CallbackEnd::Talked(_) => "talked",
+            CallbackEnd::NotReached(how) if !how.is_citizens() => "trunk_failed",
             CallbackEnd::NotReached(_) => "not_reached",
             CallbackEnd::Interrupted(_) => "interrupted",
         };
         metrics::counter!("ccu_voice_callbacks_total", "result" => result).increment(1);
-        tracing::info!(conversation, ?end, "callback ended");
+        tracing::info!(conversation, ?end, taken_away, "callback ended");
+        if taken_away {
+            // Transferred or taken by someone else meanwhile: theirs now.
+            return;
+        }
         let router = shared.state.hub.router();
         let now = crate::now_ms();
         let outcome = match end {
@@ -376,9 +498,13 @@ impl Voice {
                 completed.map(|_| ()).map_err(anyhow::Error::from)
             }
             CallbackEnd::NotReached(how) => {
-                let attempts = plan.failed_attempts + 1;
+                // The trunk's failures are not the citizen's attempts.
+                let attempts = plan.failed_attempts + u32::from(how.is_citizens());
                 let callback = &shared.state.settings.voice.callback;
-                if attempts >= callback.attempts {
+                if how.is_citizens()
+                    && attempts >= callback.attempts
+                    && self.assigned_to(conversation, operator).await
+                {
                     // Given up: recorded, and the operator's conversation
                     // ends (its wrap-up, if any, is for a note).
                     let stored = shared
@@ -405,7 +531,7 @@ impl Voice {
                     let retry_ms = i64::try_from(callback.retry_seconds.saturating_mul(1000))
                         .unwrap_or(i64::MAX);
                     router
-                        .callback_retry(conversation, now.saturating_add(retry_ms))
+                        .callback_retry(conversation, operator, now.saturating_add(retry_ms))
                         .await
                         .map_err(anyhow::Error::from)
                 }
@@ -414,7 +540,7 @@ impl Voice {
             // not the citizen's attempt, offered again at once, if the
             // router had given it to the operator.
             CallbackEnd::Interrupted(_) if context.answered => router
-                .callback_retry(conversation, now)
+                .callback_retry(conversation, operator, now)
                 .await
                 .map_err(anyhow::Error::from),
             CallbackEnd::Interrupted(_) => Ok(()),

@@ -578,6 +578,42 @@ impl ChatSession {
                 self.ended = true;
                 send(socket, &json!({ "type": "ended", "by": "operator" })).await
             }
+            // The router let the waiting chat go (the queue's maximum wait,
+            // or its closing): the citizen is told why and offered the web
+            // form; the router closes the conversation after this.
+            BusEvent::RoutingNotice {
+                conversation_id,
+                kind,
+                detail,
+            } if *conversation_id == mine
+                && !self.ended
+                && ((kind == "max_wait" && detail != "callback")
+                    || (kind == "queue_closed" && detail != "queue")) =>
+            {
+                self.ended = true;
+                let settings = &self.state.settings;
+                let message = match kind.as_str() {
+                    "max_wait" => detail["close"]["message"]
+                        .as_str()
+                        .unwrap_or(&settings.messages.max_wait_close)
+                        .to_owned(),
+                    _ => settings.messages.closed.clone(),
+                };
+                let topic = match self.state.store.get_conversation(&crate::store::Scope::All, mine).await {
+                    Ok(Some(detail)) => detail.conversation.queue_id,
+                    _ => String::new(),
+                };
+                send(
+                    socket,
+                    &json!({
+                        "type": "closed",
+                        "reason": kind,
+                        "message": message,
+                        "webform": format!("/request?topic={topic}"),
+                    }),
+                )
+                .await
+            }
             BusEvent::Typing {
                 conversation_id,
                 from,

@@ -1007,6 +1007,65 @@ async fn at_the_maximum_wait_a_callback_queue_keeps_the_place_and_hangs_up() {
     assert!(!kinds(&events).contains(&"abandoned"), "{events:?}");
 }
 
+/// The queue's maximum wait with `voicemail`: the caller hears the prompt
+/// and the tone and speaks; at the message's time limit (3 s here) the
+/// server says goodbye and hangs up. The message is stored with the
+/// conversation (a WAV an operator downloads) and the place is kept as a
+/// callback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_maximum_wait_a_voicemail_queue_records_the_callers_message_and_keeps_the_place() {
+    let app = calls_app_with(&[
+        ("queues.anagrafe.max_wait_seconds", json!(2)),
+        ("queues.anagrafe.max_wait_action", json!("voicemail")),
+        ("voice.media.voicemail_seconds", json!(3)),
+    ])
+    .await;
+    let events = call_to_its_end(&app, "call_voicemail.xml").await;
+    assert_eq!(data(event(&events, "call_ended"))["cause"], "voicemail");
+    let events = events_until(&app, 1, "voicemail").await;
+    assert_eq!(
+        data(event(&events, "callback_requested"))["reason"],
+        "voicemail"
+    );
+    assert!(!kinds(&events).contains(&"abandoned"), "{events:?}");
+    let message = data(event(&events, "voicemail"));
+    let duration = message["duration_ms"].as_i64().unwrap();
+    assert!(
+        (2500..=3100).contains(&duration),
+        "the caller spoke past the 3 s limit: {message}"
+    );
+    let waiting = conversation(&app, 1).await.unwrap();
+    assert_eq!(waiting["state"], "queued", "{waiting}");
+
+    let id = message["id"].as_i64().unwrap();
+    let path = format!("/api/v1/conversations/1/voicemail/{id}");
+    let response = app.get(&path, &app.admin_token).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "audio/wav");
+    let wav = response.bytes().await.unwrap();
+    assert_eq!(wav.len() as i64, message["bytes"].as_i64().unwrap());
+    assert_eq!(&wav[..4], b"RIFF");
+    assert_eq!(
+        u32::from_le_bytes([wav[24], wav[25], wav[26], wav[27]]),
+        8000
+    );
+    // 16-bit samples of 8 kHz: the stored duration's worth.
+    assert_eq!((wav.len() as i64 - 44) / 16, duration);
+    // The caller spoke: not silence.
+    let loud = wav[44..]
+        .chunks_exact(2)
+        .filter(|s| i16::from_le_bytes([s[0], s[1]]).unsigned_abs() > 1000)
+        .count();
+    assert!(loud > 1000, "{loud} loud samples");
+    // Nobody else's, and nobody without a session.
+    let unknown = app
+        .get("/api/v1/conversations/1/voicemail/999", &app.admin_token)
+        .await;
+    assert_eq!(unknown.status(), 404);
+    let anonymous = app.client.get(app.url(&path)).send().await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+}
+
 /// A caller who chooses anagrafe, whose maximum wait is 2 s with `action`,
 /// and stays until the server's BYE; the call's events once it ended.
 async fn waits_until_the_maximum_wait(action: &str) -> (TestApp, Vec<Value>) {
@@ -1151,4 +1210,133 @@ async fn a_busy_citizen_is_called_again_after_the_delay_and_given_up_after_the_a
     events_until(&app, 1, "completed").await;
     let closed = conversation(&app, 1).await.unwrap();
     assert_eq!(closed["state"], "closed", "{closed}");
+}
+
+/// The first operator's phone is busy: the callback goes back in line and
+/// is offered to the second operator at once, whose phone rings (a task per
+/// offer: the first one's did not swallow it) and answers; the citizen is
+/// then called and talks to Bruno.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callback_refused_by_a_busy_phone_rings_the_next_operator() {
+    let (carrier, address) = Phone::carrier("carrier_answers.xml", 1);
+    let app = callback_app(address, &[]).await;
+    call_to_its_end(&app, "call_callback.xml").await;
+    let (anna, anna_token) = operator(&app, "anna.voce", "2001", 9).await;
+    let (bruno, bruno_token) = operator(&app, "bruno.voce", "2002", 5).await;
+    let busy = Phone::register(&app, anna, "2001", "u1", "phone_busy.xml").await;
+    let answers = Phone::register(&app, bruno, "2002", "u1", "phone_hangs_up.xml").await;
+    let _anna_console = available(&app, &anna_token).await;
+    busy.wait_for("busy").await;
+    let _bruno_console = available(&app, &bruno_token).await;
+
+    answers.wait_for("answered").await;
+    carrier.wait_for("bye received").await;
+    answers.wait_for("bye answered").await;
+    let events = events_until(&app, 1, "completed").await;
+    let not_answered = data(event(&events, "call_not_answered"));
+    assert_eq!(not_answered["reason"], "busy", "{not_answered}");
+    assert_eq!(event(&events, "call_not_answered")["operator_id"], anna);
+    assert_eq!(event(&events, "call_answered")["operator_id"], bruno);
+    assert_eq!(
+        data(event(&events, "callback_attempt"))["result"],
+        "answered"
+    );
+    let closed = conversation(&app, 1).await.unwrap();
+    assert_eq!(closed["operator_id"], bruno, "{closed}");
+    drop(busy.hang_up_the_line().await);
+}
+
+/// The operator accepts the callback in the console while the phone
+/// rings: the phone's answer then connects the citizen (the console's
+/// accept is the router's; the phone does not need a second one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callback_accepted_in_the_console_calls_the_citizen_when_the_phone_answers() {
+    let (carrier, address) = Phone::carrier("carrier_answers.xml", 1);
+    let app = callback_app(address, &[("voice.ring_timeout_seconds", json!(20))]).await;
+    call_to_its_end(&app, "call_callback.xml").await;
+    let (anna, token) = operator(&app, "anna.voce", "2001", 6).await;
+    let phone = Phone::register(&app, anna, "2001", "u1", "phone_answer_late.xml").await;
+    let mut console = available(&app, &token).await;
+    let offer = console.expect("offer").await;
+    assert_eq!(offer["conversation"]["callback"], true, "{offer}");
+    console
+        .send(json!({"type": "accept", "offer": offer["offer"]}))
+        .await;
+    console.expect("assigned").await;
+
+    phone.wait_for("answered").await;
+    carrier.wait_for("answered").await;
+    let events = events_until(&app, 1, "callback_attempt").await;
+    assert_eq!(
+        data(event(&events, "callback_attempt"))["result"],
+        "answered"
+    );
+    let waiting = conversation(&app, 1).await.unwrap();
+    assert_eq!(waiting["state"], "assigned", "{waiting}");
+    assert_eq!(waiting["operator_id"], anna, "{waiting}");
+    drop(phone.hang_up_the_line().await);
+    drop(carrier.hang_up_the_line().await);
+}
+
+/// A callback the server was placing when it stopped (its last
+/// `callback_started` has no answered attempt) is put back in line at the
+/// restart instead of staying with the operator; a callback the operator
+/// took in the console to dial by hand stays theirs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callback_cut_by_a_restart_waits_again_and_one_dialled_by_hand_stays_assigned() {
+    let app = calls_app().await;
+    for _ in 0..2 {
+        let output = sipp(app.sip_addr, "call_callback.xml", &["-s", "0612345678"]).await;
+        assert_sipp_ok(&output, "call_callback.xml");
+    }
+    for id in [1, 2] {
+        events_until(&app, id, "call_ended").await;
+    }
+    // One call at a time each: Anna takes the first, Bruno the second.
+    let mut consoles = Vec::new();
+    let mut taken = Vec::new();
+    for name in ["anna", "bruno"] {
+        let (id, token) = operator(&app, name, name, 8).await;
+        let mut console = available(&app, &token).await;
+        let offer = console.expect("offer").await;
+        console
+            .send(json!({"type": "accept", "offer": offer["offer"]}))
+            .await;
+        let assigned = console.expect("assigned").await;
+        let conversation = assigned["conversation"]["conversation"]["id"]
+            .as_i64()
+            .unwrap();
+        taken.push((id, conversation));
+        consoles.push(console);
+    }
+    let [(anna, cut_id), (bruno, by_hand_id)] = taken[..] else {
+        panic!("{taken:?}")
+    };
+    // Anna's was being called back by the server at the stop.
+    app.store()
+        .append_event(
+            cut_id,
+            ccu::now_ms(),
+            "callback_started",
+            Some("anagrafe"),
+            Some(anna),
+            &json!({ "attempt": 1 }),
+        )
+        .await
+        .unwrap();
+    drop(consoles);
+    let app = app.restart().await;
+    let cut = conversation(&app, cut_id).await.unwrap();
+    // Waiting again (and offered again at once: Anna's presence survived).
+    assert!(
+        cut["state"] == "queued" || cut["state"] == "offered",
+        "{cut}"
+    );
+    assert!(cut["operator_id"].is_null(), "{cut}");
+    let events = events_until(&app, cut_id, "requeued").await;
+    let requeued = all(&events, "requeued");
+    assert_eq!(data(requeued.last().unwrap())["reason"], "restart");
+    let by_hand = conversation(&app, by_hand_id).await.unwrap();
+    assert_eq!(by_hand["state"], "assigned", "{by_hand}");
+    assert_eq!(by_hand["operator_id"], bruno, "{by_hand}");
 }

@@ -838,3 +838,59 @@ async fn the_console_shows_the_citizen_and_their_earlier_conversations() {
     let history = view["conversation"]["history"].as_array().unwrap();
     assert!(history.iter().any(|c| c["id"] == earlier.id), "{history:?}");
 }
+
+/// A chat that reaches its queue's maximum wait (`close`): the citizen is
+/// told with the queue's message and offered the web form, the conversation
+/// is closed for that reason (not "ended by the operator") and never
+/// offered to an operator who comes later.
+#[tokio::test]
+async fn a_chat_at_the_maximum_wait_is_told_offered_the_web_form_and_closed() {
+    let app = spawn_app_with(&[
+        ("queues.urp.schedule", json!("h24")),
+        ("queues.urp.holidays", json!(false)),
+        ("queues.urp.max_wait_seconds", json!(1)),
+        ("queues.urp.max_wait_action", json!("close")),
+    ])
+    .await;
+    let mut citizen = Ws::open(&app, "/ws/chat", None).await.unwrap();
+    citizen
+        .send(json!({"type": "start", "topic": "urp", "language": "it"}))
+        .await;
+    let started = citizen.expect("started").await;
+    let id = started["conversation_id"].as_i64().unwrap();
+    let closed = citizen.expect("closed").await;
+    assert_eq!(closed["reason"], "max_wait", "{closed}");
+    assert_eq!(closed["webform"], "/request?topic=urp", "{closed}");
+    assert_eq!(
+        closed["message"].as_str(),
+        Some(app.state.settings.messages.max_wait_close.as_str()),
+        "{closed}"
+    );
+    let conversation = poll_until("the chat closed in the store", || async {
+        let c = app
+            .store()
+            .get_conversation(&ccu::store::Scope::All, id)
+            .await
+            .unwrap()?;
+        (c.conversation.state == ccu::store::ConversationState::Closed).then_some(c)
+    })
+    .await;
+    let reason = conversation
+        .events
+        .iter()
+        .find(|e| e.kind == "closed")
+        .map(|e| e.data.clone())
+        .unwrap_or_default();
+    assert!(reason.contains("max_wait"), "{reason}");
+    // Nothing more for the citizen (no "ended by the operator"), and nothing
+    // for an operator who comes available now.
+    let (_, token) = app.user("anna.verdi", "operator", "comune").await;
+    let mut console = Ws::open(&app, "/ws/operator", Some(&token)).await.unwrap();
+    console.expect("hello").await;
+    console
+        .send(json!({"type": "presence", "presence": "available"}))
+        .await;
+    console.expect("presence").await;
+    let offered = tokio::time::timeout(Duration::from_millis(1500), console.expect("offer")).await;
+    assert!(offered.is_err(), "no offer: {offered:?}");
+}

@@ -123,6 +123,10 @@ pub enum CallbackInput<'a> {
     Accepted(bool),
     /// The router took the offer back: stop ringing, no outcome to report.
     WithdrawOffer,
+    /// The conversation is not this operator's any more (the console
+    /// declined or transferred it, someone else took it): stop ringing, or
+    /// hang up both legs.
+    TakenAway,
     /// The console, or the server stopping.
     HangUp,
 }
@@ -136,9 +140,13 @@ pub enum CitizenEnd {
     Declined(StatusCode),
     /// It rang for the ring timeout (we CANCELled).
     NoAnswer,
-    /// Another failure (`404`, `480`, `5xx`, no response: `408`), or an
-    /// answer without usable media (`488`).
+    /// The number cannot be reached (`404`, `410`, `480`, `484`, `485`,
+    /// `604`), or an answer without usable media (`488`).
     Failed(StatusCode),
+    /// The trunk failed, not the citizen: `5xx`, no response (`408`), a
+    /// refusal of ours (`401`/`403`/`407`), anything else. Not the
+    /// citizen's attempt.
+    TrunkFailed(StatusCode),
 }
 
 impl CitizenEnd {
@@ -149,12 +157,33 @@ impl CitizenEnd {
             CitizenEnd::Declined(_) => "declined",
             CitizenEnd::NoAnswer => "no_answer",
             CitizenEnd::Failed(_) => "failed",
+            CitizenEnd::TrunkFailed(_) => "trunk_failed",
+        }
+    }
+
+    /// Whether the citizen's line said so (an attempt that counts), rather
+    /// than the trunk.
+    pub fn is_citizens(self) -> bool {
+        !matches!(self, CitizenEnd::TrunkFailed(_))
+    }
+
+    /// What a final response (or a timeout, as `408`) to the INVITE says
+    /// of the citizen.
+    pub fn from_status(status: StatusCode) -> CitizenEnd {
+        match status.as_u16() {
+            486 | 600 => CitizenEnd::Busy(status),
+            603 => CitizenEnd::Declined(status),
+            404 | 410 | 480 | 484 | 485 | 488 | 604 => CitizenEnd::Failed(status),
+            _ => CitizenEnd::TrunkFailed(status),
         }
     }
 
     pub fn status(self) -> Option<StatusCode> {
         match self {
-            CitizenEnd::Busy(s) | CitizenEnd::Declined(s) | CitizenEnd::Failed(s) => Some(s),
+            CitizenEnd::Busy(s)
+            | CitizenEnd::Declined(s)
+            | CitizenEnd::Failed(s)
+            | CitizenEnd::TrunkFailed(s) => Some(s),
             CitizenEnd::NoAnswer => None,
         }
     }
@@ -313,6 +342,11 @@ impl Callback {
         callback
     }
 
+    /// Whether the operator's phones are still ringing (nobody answered).
+    pub fn is_ringing(&self) -> bool {
+        self.stage == Stage::Ringing
+    }
+
     /// The relay's counters.
     pub fn relay(&self) -> &Relay {
         &self.relay
@@ -372,7 +406,10 @@ impl Callback {
                     }
                 }
             }
-            CallbackInput::WithdrawOffer => {
+            CallbackInput::TakenAway if self.stage != Stage::Ringing => {
+                self.handle(now, CallbackInput::HangUp);
+            }
+            CallbackInput::WithdrawOffer | CallbackInput::TakenAway => {
                 if self.stage == Stage::Ringing {
                     let (offer, operator) = (self.offer, self.operator);
                     self.record(CallRecord::OfferEnded {
@@ -461,7 +498,9 @@ impl Callback {
                     };
                     self.finish(now, end);
                 }
-                RelayAction::Digit { .. } | RelayAction::Latched { .. } => {}
+                RelayAction::Digit { .. }
+                | RelayAction::Latched { .. }
+                | RelayAction::Heard { .. } => {}
             }
         }
         progressed
@@ -536,12 +575,8 @@ impl Callback {
                 Stage::Dialing { leg } => {
                     let end = match cause {
                         EndCause::NoAnswer => CitizenEnd::NoAnswer,
-                        EndCause::Declined(s) if s.as_u16() == 603 => CitizenEnd::Declined(s),
-                        EndCause::Declined(s) if matches!(s.as_u16(), 486 | 600) => {
-                            CitizenEnd::Busy(s)
-                        }
-                        EndCause::Declined(s) => CitizenEnd::Failed(s),
-                        _ => CitizenEnd::Failed(StatusCode::REQUEST_TIMEOUT),
+                        EndCause::Declined(s) => CitizenEnd::from_status(s),
+                        _ => CitizenEnd::TrunkFailed(StatusCode::REQUEST_TIMEOUT),
                     };
                     self.not_reached(now, leg, end);
                 }

@@ -158,6 +158,9 @@ pub enum CallInput<'a> {
     MaxWait {
         callback: bool,
     },
+    /// The queue's maximum wait with `voicemail`: the caller may leave a
+    /// message ([`CallOutput::VoiceMessage`]); the place is kept.
+    Voicemail,
     /// Hang-up from the console, or shutdown.
     HangUp,
 }
@@ -203,6 +206,7 @@ impl HangupCause {
             HangupCause::Ivr(CallHangup::Menu) => "ivr",
             HangupCause::Ivr(CallHangup::CallbackConfirmed) => "callback",
             HangupCause::Ivr(CallHangup::MaxWait) => "max_wait",
+            HangupCause::Ivr(CallHangup::Voicemail) => "voicemail",
             HangupCause::Console => "console",
             HangupCause::MediaTimeout(_) => "media_timeout",
             HangupCause::NoAck => "no_ack",
@@ -335,6 +339,12 @@ pub enum CallOutput {
     /// with music; the server transfers the conversation to `target`.
     Transfer {
         target: Uri,
+    },
+    /// The caller's voice message, as a 16-bit PCM WAV file (8 kHz mono),
+    /// before the call's end.
+    VoiceMessage {
+        wav: Vec<u8>,
+        duration: Duration,
     },
     /// The caller hung up while waiting (after `Route`).
     Abandoned {
@@ -605,6 +615,14 @@ impl Call {
                 {
                     self.leaving_queue = true;
                     media.handle(now, CallEvent::MaxWait { callback });
+                }
+            }
+            CallInput::Voicemail => {
+                if self.stage == Stage::Queued
+                    && let Some(media) = &mut self.media
+                {
+                    self.leaving_queue = true;
+                    media.handle(now, CallEvent::Voicemail);
                 }
             }
             CallInput::HangUp => self.finish(now, HangupCause::Console),
@@ -1081,6 +1099,13 @@ impl Call {
                 self.finish(now, HangupCause::Ivr(reason));
             }
             CallAction::MediaTimeout { leg } => self.finish(now, HangupCause::MediaTimeout(leg)),
+            CallAction::VoiceMessage { samples } => {
+                let duration = Duration::from_micros(samples.len() as u64 * 125);
+                self.out.push_back(CallOutput::VoiceMessage {
+                    wav: crate::media::wav::write_pcm16(&samples),
+                    duration,
+                });
+            }
         }
     }
 

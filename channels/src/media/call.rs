@@ -25,7 +25,7 @@
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::announce::{
     AnnouncerAction, AnnouncerConfig, AnnouncerEvent, QueueAnnouncer, QueueStatus,
@@ -37,12 +37,30 @@ use super::relay::{
 use crate::ivr::{HangupReason, Ivr, IvrAction, IvrEvent, IvrSession, Opening, PathStep};
 
 /// Configuration of the call's media; serde for the server's `[voice]`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CallMediaConfig {
     pub relay: RelayConfig,
     pub announcer: AnnouncerConfig,
+    /// The longest voice message a caller may leave (the queue's maximum
+    /// wait with `voicemail`), in seconds.
+    pub voicemail_seconds: u64,
 }
+
+impl Default for CallMediaConfig {
+    fn default() -> CallMediaConfig {
+        CallMediaConfig {
+            relay: RelayConfig::default(),
+            announcer: AnnouncerConfig::default(),
+            voicemail_seconds: 120,
+        }
+    }
+}
+
+/// The prompt before a voice message, and the tone after it (under
+/// `music/`: it has no language).
+pub const VOICEMAIL_PROMPT: &str = "voicemail";
+pub const VOICEMAIL_TONE: &str = "beep";
 
 /// The random numbers RFC 3550 §5.1 wants, drawn by the server: the
 /// caller's stream and the player's.
@@ -88,6 +106,11 @@ pub enum CallEvent<'a> {
     MaxWait {
         callback: bool,
     },
+    /// The queue's maximum wait with `voicemail`: the caller hears the
+    /// voicemail prompt and the tone, and what they say is recorded until
+    /// they hang up or `voicemail_seconds` pass (then `goodbye` and a
+    /// hang-up). The place is kept (a callback).
+    Voicemail,
     /// The call ended (either side hung up, or the console did).
     End,
 }
@@ -110,6 +133,9 @@ pub enum CallAction {
     },
     /// The caller asked to be called back (the queue's callback key).
     CallbackRequested,
+    /// The caller's voice message (8 kHz PCM), once it is over (at the
+    /// time limit, or when the call ended during it).
+    VoiceMessage { samples: Vec<i16> },
     /// Hang up the caller.
     Hangup {
         reason: CallHangup,
@@ -131,6 +157,8 @@ pub enum CallHangup {
     CallbackConfirmed,
     /// The maximum wait was reached; the caller heard the message.
     MaxWait,
+    /// The caller left a voice message (the time limit ended it).
+    Voicemail,
 }
 
 enum Stage {
@@ -143,6 +171,12 @@ enum Stage {
     /// Playing the closed (or maximum-wait) prompts before the hang-up
     /// for this reason.
     Closing(CallHangup),
+    /// The voicemail prompt and tone play (`until` is `None`), then the
+    /// caller's audio is recorded until `until`.
+    Voicemail {
+        samples: Vec<i16>,
+        until: Option<Instant>,
+    },
     Ended,
 }
 
@@ -279,13 +313,51 @@ impl CallMedia {
                     self.play(now, &[first.to_owned(), "goodbye".to_owned()]);
                 }
             }
+            CallEvent::Voicemail => {
+                if matches!(self.stage, Stage::Routing | Stage::Queued(_)) {
+                    self.stage = Stage::Voicemail {
+                        samples: Vec::new(),
+                        until: None,
+                    };
+                    let mut items: Vec<PlayItem> = self
+                        .library
+                        .get(&self.language, VOICEMAIL_PROMPT)
+                        .map(PlayItem::Prompt)
+                        .into_iter()
+                        .collect();
+                    items.extend(
+                        self.library
+                            .get(MUSIC, VOICEMAIL_TONE)
+                            .map(PlayItem::Prompt),
+                    );
+                    self.player.play(now, items);
+                }
+            }
             CallEvent::End => {
+                let message = self.take_message();
                 self.player.stop();
                 self.relay.detach(Leg::B);
                 self.relay.set_source(Leg::A, Source::Silent);
                 self.stage = Stage::Ended;
                 self.actions.clear();
+                if let Some(samples) = message {
+                    self.actions.push_back(CallAction::VoiceMessage { samples });
+                }
             }
+        }
+    }
+
+    /// The message being recorded, if any (the recording stops).
+    fn take_message(&mut self) -> Option<Vec<i16>> {
+        match &mut self.stage {
+            Stage::Voicemail {
+                samples,
+                until: Some(_),
+            } => {
+                self.relay.listen(Leg::A, false);
+                Some(std::mem::take(samples))
+            }
+            _ => None,
         }
     }
 
@@ -304,6 +376,7 @@ impl CallMedia {
         let stage = match &self.stage {
             Stage::Ivr(ivr) => ivr.next_deadline(),
             Stage::Queued(announcer) => announcer.next_deadline(),
+            Stage::Voicemail { until, .. } => *until,
             _ => None,
         };
         [
@@ -359,6 +432,20 @@ impl CallMedia {
                 }
                 RelayAction::Digit { leg: Leg::A, digit } => self.digit(now, digit.digit),
                 RelayAction::Digit { leg: Leg::B, .. } | RelayAction::Latched { .. } => {}
+                RelayAction::Heard {
+                    leg: Leg::A,
+                    law,
+                    payload,
+                } => {
+                    if let Stage::Voicemail {
+                        samples,
+                        until: Some(_),
+                    } = &mut self.stage
+                    {
+                        law.decode_into(&payload, samples);
+                    }
+                }
+                RelayAction::Heard { .. } => {}
                 RelayAction::MediaTimeout { leg } => {
                     self.actions.push_back(CallAction::MediaTimeout { leg });
                 }
@@ -385,6 +472,11 @@ impl CallMedia {
                         let reason = *reason;
                         let path = self.path.clone();
                         self.end_with(CallAction::Hangup { reason, path });
+                    }
+                    Stage::Voicemail { until, .. } if until.is_none() => {
+                        // After the tone: the caller speaks.
+                        *until = Some(now + Duration::from_secs(self.config.voicemail_seconds));
+                        self.relay.listen(Leg::A, true);
                     }
                     _ => {}
                 },
@@ -448,7 +540,22 @@ impl CallMedia {
                     }
                 }
             }
-            Stage::Routing | Stage::Bridged | Stage::Held | Stage::Closing(_) | Stage::Ended => {}
+            Stage::Voicemail {
+                until: Some(until), ..
+            } if now >= *until => {
+                progressed = true;
+                if let Some(samples) = self.take_message() {
+                    self.actions.push_back(CallAction::VoiceMessage { samples });
+                }
+                self.stage = Stage::Closing(CallHangup::Voicemail);
+                self.play(now, &["goodbye".to_owned()]);
+            }
+            Stage::Routing
+            | Stage::Bridged
+            | Stage::Held
+            | Stage::Closing(_)
+            | Stage::Voicemail { .. }
+            | Stage::Ended => {}
         }
         progressed
     }
@@ -495,11 +602,13 @@ mod tests {
                 "callback_offer",
                 "callback_confirmed",
                 "max_wait",
+                "voicemail",
             ] {
                 library.insert(language, Prompt::from_samples(name, vec![1000; 320]));
             }
         }
         library.insert(MUSIC, Prompt::from_samples("hold", vec![500; 1600]));
+        library.insert(MUSIC, Prompt::from_samples("beep", vec![3000; 160]));
         Arc::new(library)
     }
 
@@ -736,6 +845,100 @@ mod tests {
                 }]
             );
             assert!(call.is_ended());
+        }
+    }
+
+    /// The caller's audio packet `n` (20 ms of PCMU, all `code`).
+    fn speech(n: u16, code: u8) -> Vec<u8> {
+        PacketBuilder::new(0, 1000 + n, 160 * u32::from(n), 0x99)
+            .build(&[code; 160])
+            .unwrap()
+    }
+
+    /// Voicemail at the maximum wait: the prompt and the tone, then what
+    /// the caller says (not before the tone) is recorded until the time
+    /// limit; `goodbye` and a hang-up follow. A hang-up during the
+    /// recording hands over what was said so far.
+    #[test]
+    fn a_voice_message_is_recorded_after_the_tone_until_the_limit_or_the_hang_up() {
+        for hang_up in [false, true] {
+            let t0 = Instant::now();
+            let mut config = CallMediaConfig::default();
+            config.relay.media_timeout = None;
+            config.voicemail_seconds = 2;
+            let mut call = CallMedia::new(
+                t0,
+                config,
+                library(),
+                ivr(),
+                Opening::Open,
+                caller(),
+                streams(),
+            );
+            let t1 = t0 + Duration::from_millis(100);
+            press_1(&mut call, t1);
+            call.handle(
+                t1,
+                CallEvent::QueueStatus(QueueStatus {
+                    position: Some(1),
+                    estimated_wait: None,
+                }),
+            );
+            run_until(&mut call, t1, t1 + Duration::from_secs(1));
+            let t2 = t1 + Duration::from_secs(1);
+            call.handle(t2, CallEvent::Voicemail);
+            // Spoken over the prompt: not part of the message.
+            call.handle(
+                t2,
+                CallEvent::Received {
+                    leg: Leg::A,
+                    from: addr(CALLER),
+                    bytes: &speech(0, 0x20),
+                },
+            );
+            let (actions, audio) = run_until(&mut call, t2, t2 + Duration::from_millis(200));
+            assert!(actions.is_empty(), "{actions:?}");
+            assert_eq!(audio.len(), 3, "the prompt (2 frames) and the tone (1)");
+            let t3 = t2 + Duration::from_millis(200);
+            for n in 1..=50u16 {
+                let at = t3 + Duration::from_millis(20 * u64::from(n));
+                call.handle(
+                    at,
+                    CallEvent::Received {
+                        leg: Leg::A,
+                        from: addr(CALLER),
+                        bytes: &speech(n, 0x10),
+                    },
+                );
+            }
+            let t4 = t3 + Duration::from_millis(1100);
+            let actions = if hang_up {
+                // The server polls after every datagram.
+                run_until(&mut call, t3, t4);
+                call.handle(t4, CallEvent::End);
+                run_until(&mut call, t4, t4).0
+            } else {
+                run_until(&mut call, t3, t3 + Duration::from_secs(3)).0
+            };
+            let Some(CallAction::VoiceMessage { samples }) = actions.first() else {
+                panic!("no message: {actions:?}");
+            };
+            assert_eq!(samples.len(), 50 * 160);
+            assert!(samples.iter().all(|&s| s == Law::Ulaw.decode(0x10)));
+            if hang_up {
+                assert_eq!(actions.len(), 1, "{actions:?}");
+            } else {
+                assert!(
+                    matches!(
+                        actions.last(),
+                        Some(CallAction::Hangup {
+                            reason: CallHangup::Voicemail,
+                            ..
+                        })
+                    ),
+                    "{actions:?}"
+                );
+            }
         }
     }
 

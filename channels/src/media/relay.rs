@@ -219,6 +219,13 @@ pub enum RelayAction {
     Digit { leg: Leg, digit: Digit },
     /// The leg sent nothing for the configured time.
     MediaTimeout { leg: Leg },
+    /// Audio from the leg's peer, while [`Relay::listen`] is on (a voice
+    /// message): the payload in the leg's law, in arrival order.
+    Heard {
+        leg: Leg,
+        law: Law,
+        payload: Vec<u8>,
+    },
 }
 
 /// Why a packet was not relayed.
@@ -447,6 +454,8 @@ struct LegState {
     last_heard: Instant,
     expect_media: bool,
     timeout_reported: bool,
+    /// Hand the peer's audio to the owner ([`RelayAction::Heard`]).
+    listen: bool,
 }
 
 impl LegState {
@@ -519,6 +528,7 @@ impl Relay {
             last_heard: now,
             expect_media: true,
             timeout_reported: false,
+            listen: false,
         });
     }
 
@@ -568,6 +578,15 @@ impl Relay {
     pub fn bridge(&mut self) {
         self.set_source(Leg::A, Source::Peer);
         self.set_source(Leg::B, Source::Peer);
+    }
+
+    /// Whether the peer's audio on `leg` is handed out as
+    /// [`RelayAction::Heard`] (after the same checks as relayed audio:
+    /// latched peer, negotiated payload type).
+    pub fn listen(&mut self, leg: Leg, listen: bool) {
+        if let Some(state) = &mut self.legs[leg.index()] {
+            state.listen = listen;
+        }
     }
 
     /// Whether silence from `leg` is a media timeout (not while it is on
@@ -691,6 +710,15 @@ impl Relay {
         state.timeout_reported = false;
         let law = state.media.law;
 
+        if let Kind::Audio = kind
+            && state.listen
+        {
+            self.actions.push_back(RelayAction::Heard {
+                leg,
+                law,
+                payload: packet.payload.to_vec(),
+            });
+        }
         if let Kind::Event = kind {
             match state.dtmf.receive(&packet) {
                 Ok(Some(digit)) => self.actions.push_back(RelayAction::Digit { leg, digit }),
