@@ -718,7 +718,14 @@ impl Voice {
                             call.handle(now, CallInput::Offer { offer, operator, conversation, devices, ring_for });
                         }
                         Msg::Withdraw => call.handle(now, CallInput::WithdrawOffer),
-                        Msg::Requeued => context.requeue_if_bridged(&mut call, now),
+                        Msg::Requeued => {
+                            // Declined in the console while the phones ring:
+                            // they stop (the router has the answer already).
+                            if call.ringing_offer().is_some() {
+                                call.handle(now, CallInput::WithdrawOffer);
+                            }
+                            context.requeue_if_bridged(&mut call, now);
+                        }
                         Msg::Hold(true) => call.handle(now, CallInput::Hold),
                         Msg::Hold(false) => call.handle(now, CallInput::Unhold),
                         Msg::QueueClosed => call.handle(now, CallInput::QueueClosed),

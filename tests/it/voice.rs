@@ -576,6 +576,42 @@ async fn a_caller_who_hangs_up_while_the_phone_rings_has_the_phone_cancelled() {
     assert_eq!(conversation["state"], "abandoned", "{conversation}");
 }
 
+/// Issue 5, point 6: the console declines the call while the phone rings:
+/// the phone is CANCELled at once (not left ringing to its timeout) and
+/// the call waits again in its place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_declined_in_the_console_stops_the_phone_ringing() {
+    let app = operators_app(20, 30).await;
+    let (anna, token) = operator(&app, "anna.voce", "2001", 6).await;
+    let phone = Phone::register(&app, anna, "2001", "u1", "phone_no_answer.xml").await;
+    let mut console = available(&app, &token).await;
+    let server = app.sip_addr;
+    let caller = tokio::spawn(async move {
+        sipp(server, "call_dtmf_until_bye.xml", &["-s", "0612345678"]).await
+    });
+    let offer = console.expect("offer").await;
+    phone.wait_for("invite conversation=1").await;
+    console
+        .send(json!({"type": "decline", "offer": offer["offer"]}))
+        .await;
+    let declined_at = std::time::Instant::now();
+    phone.wait_for("cancelled").await;
+    assert!(
+        declined_at.elapsed() < Duration::from_secs(10),
+        "CANCELled after the decline, well before the 20 s ring timeout"
+    );
+    let events = events_until(&app, 1, "call_not_answered").await;
+    assert_eq!(
+        data(event(&events, "call_not_answered"))["reason"],
+        "withdrawn"
+    );
+    assert_eq!(data(event(&events, "requeued"))["reason"], "declined");
+    let waiting = conversation(&app, 1).await.unwrap();
+    assert_eq!(waiting["state"], "queued", "{waiting}");
+    phone.hang_up_the_line().await;
+    caller.abort();
+}
+
 /// Over TCP the phone also sends its 200 a second time after our ACK
 /// (`phone_repeats_200.xml`; over UDP sipp cannot, see there).
 async fn the_operator_hangs_up_and_the_caller_gets_bye(transport: &str) {
