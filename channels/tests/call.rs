@@ -1050,6 +1050,7 @@ impl CallbackHarness {
             citizen_call_id: "cb-1@ccu".into(),
             citizen_tag: "cbt".into(),
             trunk_ip: "203.0.113.5".parse().expect("ip"),
+            trunk_credentials: None,
             phone_media: LocalMedia::new("192.0.2.1".parse().expect("ip"), 20_002, 22),
             citizen_media: LocalMedia::new("192.0.2.1".parse().expect("ip"), 20_000, 11),
             citizen_stream: start(0xA),

@@ -28,6 +28,7 @@ use ccu_channels::call::callback::{
 use ccu_channels::media::relay::Leg;
 use ccu_channels::sip::Uri;
 use ccu_channels::sip::dialog::DialogEvent;
+use ccu_channels::sip::digest::ClientCredentials;
 use ccu_channels::sip::endpoint::{ServerTxHandle, Target};
 use ccu_channels::sip::header::Address;
 use ccu_channels::sip::message::HeaderName;
@@ -44,6 +45,16 @@ use super::{
 };
 use crate::bus::BusEvent;
 use crate::store::{CallbackPlan, Scope};
+
+/// Where a callback goes out: the trunk, its proxy's address, what the
+/// Request-URI names, and the account for the carrier's challenge.
+struct Outbound {
+    trunk: String,
+    address: SocketAddr,
+    host: Host,
+    port: u16,
+    credentials: Option<ClientCredentials>,
+}
 
 /// How a callback task ended, for what becomes of its conversation.
 pub(super) struct CallbackDone {
@@ -183,7 +194,7 @@ impl Voice {
 
     /// The trunk to call through: the one the citizen's call came in on,
     /// if it takes our calls, else the first that does; its proxy's address.
-    async fn outbound(&self, plan: &CallbackPlan) -> anyhow::Result<(String, SocketAddr)> {
+    async fn outbound(&self, plan: &CallbackPlan) -> anyhow::Result<Outbound> {
         let trunks = &self.0.state.settings.sip.trunks;
         let trunk = trunks
             .iter()
@@ -199,7 +210,27 @@ impl Voice {
             // Of the SIP endpoint's address family: it sends from that socket.
             .find(|a| a.is_ipv4() == self.0.sip.udp_addr().is_ipv4())
             .with_context(|| format!("{outbound} has no address of the SIP endpoint's family"))?;
-        Ok((trunk.name.clone(), address))
+        let credentials = match (&trunk.outbound_username, &trunk.outbound_password) {
+            (Some(username), Some(password)) => Some(ClientCredentials {
+                username: username.clone(),
+                password: password.clone(),
+            }),
+            _ => None,
+        };
+        // The Request-URI names the proxy as configured (a carrier routes by
+        // its domain), the datagrams go to its address.
+        let host = match host.parse::<std::net::IpAddr>() {
+            Ok(std::net::IpAddr::V4(ip)) => Host::Ipv4(ip),
+            Ok(std::net::IpAddr::V6(ip)) => Host::Ipv6(ip),
+            Err(_) => Host::Domain(host),
+        };
+        Ok(Outbound {
+            trunk: trunk.name.clone(),
+            address,
+            host,
+            port,
+            credentials,
+        })
     }
 
     async fn run_callback(
@@ -221,7 +252,13 @@ impl Voice {
         let plan = detail
             .callback_plan()
             .context("no number to call back (the console shows the offer)")?;
-        let (trunk, proxy) = self.outbound(&plan).await?;
+        let Outbound {
+            trunk,
+            address: proxy,
+            host: proxy_host,
+            port: proxy_port,
+            credentials: trunk_credentials,
+        } = self.outbound(&plan).await?;
         let (citizen_socket, citizen_sender) = self.bind_media().await?;
         let (phone_socket, phone_sender) = self.bind_media().await?;
         let citizen_call_id = format!("{:016x}@ccu", random_u64());
@@ -260,14 +297,8 @@ impl Voice {
                 .unwrap_or_default()
         });
         // RFC 3261 §19.1.1: a telephone number in the user part, `user=phone`.
-        let mut citizen = SipUri::new(
-            Some(&plan.number),
-            match proxy.ip() {
-                std::net::IpAddr::V4(ip) => Host::Ipv4(ip),
-                std::net::IpAddr::V6(ip) => Host::Ipv6(ip),
-            },
-        );
-        citizen.port = Some(proxy.port());
+        let mut citizen = SipUri::new(Some(&plan.number), proxy_host);
+        citizen.port = Some(proxy_port);
         citizen.params.push(ccu_channels::sip::uri::Param::new(
             "user",
             Some("phone".into()),
@@ -311,6 +342,7 @@ impl Voice {
             citizen_call_id: citizen_call_id.clone(),
             citizen_tag: format!("{:012x}", random_u64() >> 16),
             trunk_ip: proxy.ip(),
+            trunk_credentials,
             phone_media: LocalMedia::new(
                 shared.media_ip,
                 phone_socket.local_addr()?.port(),

@@ -1201,6 +1201,60 @@ async fn the_server_calls_the_citizen_back_through_the_trunk_once_the_operator_a
     assert_eq!(closed["operator_id"], anna, "{closed}");
 }
 
+/// A carrier that challenges ccu's calls (RFC 3261 §22.2; sipp checks the
+/// digest with its verifyauth): with the trunk's `outbound_username` and
+/// `outbound_password` the INVITE is sent again with Authorization and a
+/// new CSeq, and the citizen answers and talks; with a wrong password the
+/// carrier's 403 is the trunk's failure, answered once, not the citizen's
+/// attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_carrier_that_wants_digest_gets_the_trunks_account_and_a_wrong_one_is_its_failure() {
+    for password in ["s3cret-out", "wrong"] {
+        let (carrier, address) = Phone::carrier("carrier_challenges.xml", 1);
+        let trunk = json!([{
+            "name": "carrier",
+            "sources": ["127.0.0.1/32"],
+            "numbers": [NUMBER],
+            "outbound": format!("sip:{address}"),
+            "outbound_username": "ccu-out",
+            "outbound_password": password,
+        }]);
+        let app = callback_app(address, &[("sip.trunks", trunk)]).await;
+        call_to_its_end(&app, "call_callback.xml").await;
+        let (anna, token) = operator(&app, "anna.voce", "2001", 6).await;
+        let phone = Phone::register(&app, anna, "2001", "u1", "phone_hangs_up.xml").await;
+        let _console = available(&app, &token).await;
+        phone.wait_for("answered").await;
+        if password == "wrong" {
+            carrier.wait_for("auth bad").await;
+            let events = events_until(&app, 1, "callback_attempt").await;
+            let attempt = data(event(&events, "callback_attempt"));
+            assert_eq!(attempt["result"], "trunk_failed", "{attempt}");
+            assert_eq!(attempt["status"], 403, "{attempt}");
+            let logs = carrier.hang_up_the_line().await;
+            assert_eq!(logs.matches("second invite").count(), 1, "{logs}");
+            drop(phone.hang_up_the_line().await);
+            continue;
+        }
+        carrier.wait_for("bye received").await;
+        phone.wait_for("bye answered").await;
+        let logs = carrier.hang_up_the_line().await;
+        assert!(logs.contains("auth ok"), "{logs}");
+        assert!(logs.contains("second invite cseq 2"), "{logs}");
+        let events = events_until(&app, 1, "completed").await;
+        assert_eq!(
+            data(event(&events, "callback_attempt"))["result"],
+            "answered"
+        );
+        let ended = data(all(&events, "call_ended").last().unwrap());
+        assert!(
+            ended["relayed_to_operator"].as_u64().unwrap() >= 50,
+            "{ended}"
+        );
+        drop(phone.hang_up_the_line().await);
+    }
+}
+
 /// A busy citizen is called again after the retry delay, and after the
 /// configured attempts the callback is given up and the conversation
 /// closed; the operator heard why each time and was hung up.

@@ -43,6 +43,7 @@ use crate::media::relay::{
     Leg, LegMedia, Relay, RelayAction, RelayConfig, RelayEvent, Source, StreamStart,
 };
 use crate::sip::dialog::{Dialog, DialogAction, DialogConfig, DialogEvent, EndCause, OutgoingCall};
+use crate::sip::digest::ClientCredentials;
 use crate::sip::header::Address;
 use crate::sip::message::{HeaderName, Method, Request, StatusCode};
 use crate::sip::sdp::{LocalMedia, Negotiated};
@@ -93,6 +94,8 @@ pub struct CallbackSetup {
     /// The trunk's address: media from it is the citizen's, whatever the
     /// SDP says.
     pub trunk_ip: IpAddr,
+    /// The account a carrier's `401`/`407` to our INVITE is answered with.
+    pub trunk_credentials: Option<ClientCredentials>,
     pub phone_media: LocalMedia,
     pub citizen_media: LocalMedia,
     /// Random stream starts (RFC 3550 §5.1): to the citizen, to the
@@ -269,6 +272,7 @@ struct CitizenCall {
     call_id: String,
     local_tag: String,
     media: LocalMedia,
+    credentials: Option<ClientCredentials>,
 }
 
 impl Callback {
@@ -296,6 +300,7 @@ impl Callback {
                 call_id: setup.citizen_call_id,
                 local_tag: setup.citizen_tag,
                 media: setup.citizen_media,
+                credentials: setup.trunk_credentials,
             }),
             library: setup.library,
             language: setup.language,
@@ -647,6 +652,7 @@ impl Callback {
                 media: call.media,
                 headers: Vec::new(),
                 ring_timeout: Some(self.config.citizen_ring_timeout),
+                credentials: call.credentials,
             },
         ));
         self.stage = Stage::Dialing { leg };

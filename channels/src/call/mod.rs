@@ -1190,6 +1190,7 @@ fn ring(
                 media,
                 headers: ringing.headers.clone(),
                 ring_timeout: Some(ringing.ring_timeout),
+                credentials: None,
             },
         );
         forks.push(Fork {

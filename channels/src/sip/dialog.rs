@@ -40,6 +40,7 @@
 //!     media: LocalMedia::new("192.0.2.1".parse().unwrap(), 20_000, 1),
 //!     headers: vec![],
 //!     ring_timeout: None,
+//!     credentials: None,
 //! });
 //! assert!(matches!(phone.poll(now), Some(DialogAction::SendRequest(invite)) if invite.headers.cseq().unwrap().seq == 1));
 //! ```
@@ -48,6 +49,7 @@ use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+use crate::sip::digest::{Algorithm, Challenge, ClientCredentials};
 use crate::sip::header::{Address, Contacts, HeaderError};
 use crate::sip::message::{HeaderName, Headers, Message, Method, Request, Response, StatusCode};
 use crate::sip::sdp::{
@@ -295,6 +297,9 @@ pub struct OutgoingCall {
     pub headers: Vec<(HeaderName, String)>,
     /// CANCEL after this long without a final response.
     pub ring_timeout: Option<Duration>,
+    /// The account a `401`/`407` is answered with (a carrier's trunk);
+    /// none: the challenge ends the call.
+    pub credentials: Option<ClientCredentials>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -350,6 +355,11 @@ pub struct Dialog {
     /// UAC: the ACK of the confirmed `2xx`, sent again for each
     /// retransmission of it (§13.2.2.4).
     last_ack: Option<Request>,
+    /// UAC: what a `401`/`407` to our INVITE is answered with.
+    credentials: Option<ClientCredentials>,
+    /// UAC: challenges answered so far (a bound: a peer that challenges
+    /// every answer must not loop us).
+    challenges: u8,
     actions: VecDeque<DialogAction>,
 }
 
@@ -422,6 +432,7 @@ impl Dialog {
         dialog.media = Some(call.media);
         dialog.local_sdp = Some(offer);
         dialog.ring_deadline = call.ring_timeout.map(|t| now + t);
+        dialog.credentials = call.credentials;
         dialog.actions.push_back(DialogAction::SendRequest(invite));
         dialog
     }
@@ -437,6 +448,8 @@ impl Dialog {
             bye_after_ack: false,
             ring_deadline: None,
             last_ack: None,
+            credentials: None,
+            challenges: 0,
             actions: VecDeque::new(),
         }
     }
@@ -867,6 +880,9 @@ impl Dialog {
             return;
         }
         // 3xx–6xx: the endpoint's transaction has sent the ACK (§17.1.1.3).
+        if self.answer_challenge(response) {
+            return;
+        }
         match &self.phase {
             Phase::Calling { .. } => self.end(EndCause::Declined(status)),
             Phase::Cancelling { cause, .. } => {
@@ -875,6 +891,64 @@ impl Dialog {
             }
             _ => {}
         }
+    }
+
+    /// §22.2: a `401`/`407` to our INVITE is answered by the same INVITE
+    /// with a new CSeq and the credentials for the challenge. Not when the
+    /// rejected INVITE already carried them (wrong credentials) unless the
+    /// nonce was only stale, nor when a CANCEL is wanted, nor more than
+    /// three times in all.
+    fn answer_challenge(&mut self, response: &Response) -> bool {
+        let (challenge_header, answer_header) = match response.status.as_u16() {
+            401 => (HeaderName::WwwAuthenticate, HeaderName::Authorization),
+            407 => (
+                HeaderName::ProxyAuthenticate,
+                HeaderName::ProxyAuthorization,
+            ),
+            _ => return false,
+        };
+        let Phase::Calling {
+            invite,
+            cancel: None,
+            ..
+        } = &self.phase
+        else {
+            return false;
+        };
+        let Some(credentials) = &self.credentials else {
+            return false;
+        };
+        if self.challenges >= 3 {
+            return false;
+        }
+        let Ok(challenge) = Challenge::pick(response.headers.get_all(&challenge_header)) else {
+            return false;
+        };
+        if invite.headers.get(&answer_header).is_some() && !challenge.stale {
+            return false;
+        }
+        let mut retry = invite.clone();
+        self.state.local_cseq = self.state.local_cseq.wrapping_add(1);
+        let seq = self.state.local_cseq;
+        retry
+            .headers
+            .set(HeaderName::CSeq, format!("{seq} {}", Method::Invite));
+        // The client nonce: unpredictable to the peer (the local tag is
+        // random), no clock or RNG needed here.
+        let cnonce = Algorithm::Sha256
+            .hex(format!("{}:{}:{seq}", self.state.local_tag, self.state.call_id).as_bytes());
+        let uri = retry.uri.to_string();
+        let value = challenge.authorize(credentials, "INVITE", &uri, &cnonce[..32]);
+        retry.headers.remove_all(&answer_header);
+        retry.headers.push(answer_header, value);
+        self.challenges += 1;
+        self.phase = Phase::Calling {
+            invite: retry.clone(),
+            provisional: false,
+            cancel: None,
+        };
+        self.actions.push_back(DialogAction::SendRequest(retry));
+        true
     }
 
     fn on_invite_2xx(&mut self, response: &Response, seq: u32) {
@@ -1568,6 +1642,7 @@ Content-Length: 0\r\n\r\n"
                     (HeaderName::Other("X-CCU-Conversation".into()), "42".into()),
                 ],
                 ring_timeout,
+                credentials: None,
             },
         )
     }
@@ -1619,6 +1694,115 @@ Content-Length: {}\r\n\r\n{OFFER}",
         assert_eq!(actions.len(), 1);
         // Our offer parses back to itself.
         assert_eq!(sdp::parse(OFFER.as_bytes()).unwrap().to_string(), OFFER);
+    }
+
+    /// §22.2: a carrier's `407` is answered once by the same INVITE with
+    /// CSeq 2 and Proxy-Authorization; the CANCEL then names CSeq 2; a
+    /// second `407` for those credentials (wrong password) ends the call.
+    #[test]
+    fn the_uac_answers_a_challenge_once_and_a_second_refusal_ends_the_call() {
+        let t0 = Instant::now();
+        let mut uac = outgoing(t0, Some(Duration::from_secs(20)));
+        uac.credentials = Some(ClientCredentials {
+            username: "ccu-trunk".into(),
+            password: "s3cret".into(),
+        });
+        drain(&mut uac, t0);
+        let challenge = "Proxy-Authenticate: Digest realm=\"carrier\", nonce=\"n1\", qop=\"auth\", algorithm=MD5\r\n";
+        uac.handle(
+            t0,
+            DialogEvent::Response(&phone_response(
+                "407 Proxy Authentication Required",
+                ";tag=px",
+                "1 INVITE",
+                challenge,
+                "",
+            )),
+        );
+        let actions = drain(&mut uac, t0);
+        let [DialogAction::SendRequest(retry)] = actions.as_slice() else {
+            panic!("{actions:?}")
+        };
+        assert_eq!(retry.headers.cseq().unwrap().seq, 2);
+        assert_eq!(retry.headers.call_id().unwrap(), "op-1@ccu");
+        assert_eq!(retry.headers.from().unwrap().tag(), Some("ut1"));
+        assert!(retry.headers.to().unwrap().tag().is_none());
+        assert_eq!(retry.body, OFFER.as_bytes());
+        let value = retry.headers.get(&HeaderName::ProxyAuthorization).unwrap();
+        let credentials = crate::sip::digest::DigestCredentials::from_auth_value(
+            &crate::sip::header::AuthValue::parse(value, "Proxy-Authorization").unwrap(),
+        )
+        .unwrap();
+        assert_eq!(credentials.username, "ccu-trunk");
+        assert_eq!(credentials.uri, "sip:1001@10.0.0.9:5062");
+        let key = crate::sip::digest::ha1(Algorithm::Md5, "ccu-trunk", "carrier", "s3cret");
+        assert!(credentials.verify("INVITE", &key), "{value}");
+        assert!(!uac.is_terminated());
+
+        // Ringing, then our CANCEL is for the INVITE with the credentials.
+        uac.handle(
+            t0,
+            DialogEvent::Response(&phone_response(
+                "180 Ringing",
+                ";tag=ph1",
+                "2 INVITE",
+                "",
+                "",
+            )),
+        );
+        drain(&mut uac, t0);
+        uac.cancel(EndCause::Cancelled);
+        let actions = drain(&mut uac, t0);
+        assert!(
+            matches!(&actions[0], DialogAction::SendCancel(c) if c.headers.cseq().unwrap().seq == 2),
+            "{actions:?}"
+        );
+
+        // Wrong credentials: the second challenge is not answered again.
+        let mut wrong = outgoing(t0, None);
+        wrong.credentials = uac.credentials.clone();
+        drain(&mut wrong, t0);
+        for cseq in ["1 INVITE", "2 INVITE"] {
+            wrong.handle(
+                t0,
+                DialogEvent::Response(&phone_response(
+                    "407 Proxy Authentication Required",
+                    ";tag=px",
+                    cseq,
+                    challenge,
+                    "",
+                )),
+            );
+        }
+        let actions = drain(&mut wrong, t0);
+        assert!(
+            matches!(actions[0], DialogAction::SendRequest(_)),
+            "{actions:?}"
+        );
+        let status = StatusCode::new(407).unwrap();
+        assert_eq!(
+            actions[1],
+            DialogAction::Terminated(EndCause::Declined(status))
+        );
+
+        // Without credentials a 401 is the end at once.
+        let mut none = outgoing(t0, None);
+        drain(&mut none, t0);
+        none.handle(
+            t0,
+            DialogEvent::Response(&phone_response(
+                "401 Unauthorized",
+                ";tag=px",
+                "1 INVITE",
+                "WWW-Authenticate: Digest realm=\"c\", nonce=\"n\"\r\n",
+                "",
+            )),
+        );
+        let unauthorized = StatusCode::new(401).unwrap();
+        assert_eq!(
+            drain(&mut none, t0),
+            vec![DialogAction::Terminated(EndCause::Declined(unauthorized))]
+        );
     }
 
     #[test]

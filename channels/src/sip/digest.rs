@@ -254,6 +254,142 @@ pub fn challenge_headers(
         .collect()
 }
 
+/// The account ccu answers a carrier's challenge with (RFC 3261 §22.2:
+/// the UAC side of digest). The password is never logged.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClientCredentials {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for ClientCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientCredentials")
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a challenge cannot be answered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChallengeError {
+    #[error("no Digest challenge with an algorithm and qop we support")]
+    Unsupported,
+}
+
+/// A challenge we can answer: the strongest of the offered ones.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Challenge {
+    pub realm: String,
+    pub nonce: String,
+    pub algorithm: Algorithm,
+    /// The challenge offers `qop=auth` (otherwise the RFC 2069 form).
+    pub qop_auth: bool,
+    pub opaque: Option<String>,
+    /// `stale=true`: the credentials were right, the nonce old (RFC 7616
+    /// §3.3), so one more try with the new nonce is due.
+    pub stale: bool,
+}
+
+impl Challenge {
+    /// Picks from WWW-Authenticate (or Proxy-Authenticate) values: Digest
+    /// only, SHA-256 (RFC 8760) before MD5, `qop=auth` or none (a challenge
+    /// offering only `auth-int` is skipped).
+    pub fn pick<'a>(
+        values: impl IntoIterator<Item = &'a str>,
+    ) -> Result<Challenge, ChallengeError> {
+        let mut best: Option<Challenge> = None;
+        for value in values {
+            let Ok(value) = AuthValue::parse(value, "WWW-Authenticate") else {
+                continue;
+            };
+            if !value.scheme.eq_ignore_ascii_case("Digest") {
+                continue;
+            }
+            let (Some(realm), Some(nonce)) = (value.param("realm"), value.param("nonce")) else {
+                continue;
+            };
+            let Some(algorithm) = value
+                .param("algorithm")
+                .map_or(Some(Algorithm::Md5), Algorithm::parse)
+            else {
+                continue;
+            };
+            let qop_auth = match value.param("qop") {
+                None => false,
+                Some(qop)
+                    if qop
+                        .split(',')
+                        .any(|q| q.trim().eq_ignore_ascii_case("auth")) =>
+                {
+                    true
+                }
+                Some(_) => continue,
+            };
+            let challenge = Challenge {
+                realm: realm.to_owned(),
+                nonce: nonce.to_owned(),
+                algorithm,
+                qop_auth,
+                opaque: value.param("opaque").map(str::to_owned),
+                stale: value
+                    .param("stale")
+                    .is_some_and(|s| s.eq_ignore_ascii_case("true")),
+            };
+            let rank = |a: Algorithm| match a {
+                Algorithm::Md5 => 0,
+                Algorithm::Sha256 => 2,
+                Algorithm::Sha512_256 => 1,
+            };
+            if best
+                .as_ref()
+                .is_none_or(|b| rank(algorithm) > rank(b.algorithm))
+            {
+                best = Some(challenge);
+            }
+        }
+        best.ok_or(ChallengeError::Unsupported)
+    }
+
+    /// The Authorization (or Proxy-Authorization) value for a request:
+    /// `nc` 1 (each challenge is answered once), `cnonce` from the caller.
+    pub fn authorize(
+        &self,
+        credentials: &ClientCredentials,
+        method: &str,
+        uri: &str,
+        cnonce: &str,
+    ) -> String {
+        let ha1 = ha1(
+            self.algorithm,
+            &credentials.username,
+            &self.realm,
+            &credentials.password,
+        );
+        let qop = self.qop_auth.then_some((1, cnonce));
+        let response = response(self.algorithm, &ha1, &self.nonce, qop, method, uri);
+        let mut value = format!(
+            "Digest username={}, realm={}, nonce={}, uri={}, response={}, algorithm={}",
+            quote(&credentials.username),
+            quote(&self.realm),
+            quote(&self.nonce),
+            quote(uri),
+            quote(&response),
+            self.algorithm.as_str(),
+        );
+        if self.qop_auth {
+            value.push_str(&format!(
+                ", qop=auth, nc=00000001, cnonce={}",
+                quote(cnonce)
+            ));
+        }
+        if let Some(opaque) = &self.opaque {
+            value.push_str(&format!(", opaque={}", quote(opaque)));
+        }
+        value
+    }
+}
+
 /// Nonce lifetime and bookkeeping limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NonceConfig {
@@ -422,6 +558,73 @@ mod tests {
     const REALM: &str = "http-auth@example.org";
     const NONCE: &str = "7ypf/xlj9XXwfDPEoM4URrv/xwf94BcCAzFZH4GiTo0v";
     const CNONCE: &str = "f2/wE4q74E6zIJEtWaHKaf5wv/H5QzzpXusqGemxURZJ";
+
+    /// Our answer to a carrier's challenge: the RFC 7616 §3.9.1 example
+    /// (SHA-256 picked over MD5, opaque echoed), and what the verifying side
+    /// of this module accepts.
+    #[test]
+    fn a_challenge_is_answered_with_the_strongest_algorithm_and_verifies() {
+        let challenge = Challenge::pick([
+            "Basic realm=\"x\"",
+            &format!("Digest realm=\"{REALM}\", qop=\"auth, auth-int\", algorithm=MD5, nonce=\"{NONCE}\", opaque=\"FQhe/qaU925kfnzjCev0ciny7QMkPqMAFRtzCUYo5tdS\""),
+            &format!("Digest realm=\"{REALM}\", qop=\"auth, auth-int\", algorithm=SHA-256, nonce=\"{NONCE}\", opaque=\"FQhe/qaU925kfnzjCev0ciny7QMkPqMAFRtzCUYo5tdS\""),
+        ])
+        .unwrap();
+        assert_eq!(challenge.algorithm, Algorithm::Sha256);
+        assert!(challenge.qop_auth && !challenge.stale);
+        let credentials = ClientCredentials {
+            username: "Mufasa".into(),
+            password: "Circle of Life".into(),
+        };
+        let value = challenge.authorize(&credentials, "GET", "/dir/index.html", CNONCE);
+        assert!(
+            value.contains(
+                "response=\"753927fa0e85d155564e2e272a28d1802ca10daf4496794697cf8db5856cb6c1\""
+            ),
+            "{value}"
+        );
+        assert!(value.contains("opaque=\"FQhe/"), "{value}");
+        let parsed = AuthValue::parse(&value, "Authorization").unwrap();
+        let back = DigestCredentials::from_auth_value(&parsed).unwrap();
+        let key = ha1(Algorithm::Sha256, "Mufasa", REALM, "Circle of Life");
+        assert!(back.verify("GET", &key));
+        assert!(!back.verify("POST", &key));
+        assert!(!format!("{credentials:?}").contains("Circle"));
+    }
+
+    #[test]
+    fn challenges_we_cannot_answer_are_refused_and_rfc_2069_is_answered() {
+        for values in [
+            vec!["Basic realm=\"x\""],
+            vec!["Digest realm=\"x\", nonce=\"n\", qop=\"auth-int\""],
+            vec!["Digest realm=\"x\", nonce=\"n\", algorithm=SHA-1"],
+            vec!["Digest nonce=\"n\""],
+            vec!["Digest realm=\"x"],
+            vec![],
+        ] {
+            assert_eq!(
+                Challenge::pick(values.clone()),
+                Err(ChallengeError::Unsupported),
+                "{values:?}"
+            );
+        }
+        let old = Challenge::pick(["Digest realm=\"r\", nonce=\"n\", stale=TRUE"]).unwrap();
+        assert!(old.stale && !old.qop_auth);
+        assert_eq!(old.algorithm, Algorithm::Md5);
+        let credentials = ClientCredentials {
+            username: "u".into(),
+            password: "p".into(),
+        };
+        let value = old.authorize(&credentials, "INVITE", "sip:+39333@sbc", "c");
+        assert!(
+            !value.contains("qop") && !value.contains("cnonce"),
+            "{value}"
+        );
+        let back =
+            DigestCredentials::from_auth_value(&AuthValue::parse(&value, "Authorization").unwrap())
+                .unwrap();
+        assert!(back.verify("INVITE", &ha1(Algorithm::Md5, "u", "r", "p")));
+    }
 
     #[test]
     fn rfc_7616_example_md5_and_sha256() {

@@ -86,6 +86,11 @@ pub struct TrunkConfig {
     /// Where ccu sends its own calls through this trunk (callbacks):
     /// `"sip:host:port"` (UDP). None: the trunk takes no calls from ccu.
     pub outbound: Option<String>,
+    /// The account ccu answers the carrier's `401`/`407` to its calls
+    /// with (RFC 3261 §22.2); set with `outbound_password`.
+    pub outbound_username: Option<String>,
+    /// Never logged: the `Debug` impl leaves it out.
+    pub outbound_password: Option<String>,
 }
 
 impl fmt::Debug for TrunkConfig {
@@ -97,6 +102,11 @@ impl fmt::Debug for TrunkConfig {
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("numbers", &self.numbers)
             .field("outbound", &self.outbound)
+            .field("outbound_username", &self.outbound_username)
+            .field(
+                "outbound_password",
+                &self.outbound_password.as_ref().map(|_| "<redacted>"),
+            )
             .finish()
     }
 }
@@ -371,6 +381,23 @@ impl TrunkGate {
             }
             if let Some(outbound) = &trunk.outbound {
                 outbound_proxy(outbound).map_err(|e| config_error(format!("{key}.outbound"), e))?;
+            }
+            match (&trunk.outbound_username, &trunk.outbound_password) {
+                (None, None) => {}
+                (Some(user), Some(password)) if !user.is_empty() && !password.is_empty() => {
+                    if trunk.outbound.is_none() {
+                        return Err(config_error(
+                            format!("{key}.outbound_username"),
+                            "credentials for calls out need an outbound",
+                        ));
+                    }
+                }
+                _ => {
+                    return Err(config_error(
+                        format!("{key}.outbound_password"),
+                        "set both outbound_username and outbound_password, neither empty",
+                    ));
+                }
             }
             trunks.push(Trunk {
                 name: trunk.name.clone(),
@@ -689,6 +716,34 @@ mod tests {
         config.trunks[0].outbound = Some("http://sbc".into());
         let error = TrunkGate::new(&config, [5; 32]).err().unwrap();
         assert_eq!(error.key, "trunks[0].outbound");
+    }
+
+    #[test]
+    fn outbound_credentials_come_in_pairs_and_need_an_outbound() {
+        let with = |user: Option<&str>, password: Option<&str>, outbound: bool| {
+            let mut config = config();
+            config.trunks[0].outbound = outbound.then(|| "sip:198.51.100.7".into());
+            config.trunks[0].outbound_username = user.map(Into::into);
+            config.trunks[0].outbound_password = password.map(Into::into);
+            TrunkGate::new(&config, [5; 32]).err().map(|e| e.key)
+        };
+        assert_eq!(with(Some("ccu"), Some("pw"), true), None);
+        assert_eq!(with(None, None, false), None);
+        assert_eq!(
+            with(Some("ccu"), None, true).as_deref(),
+            Some("trunks[0].outbound_password")
+        );
+        assert_eq!(
+            with(Some("ccu"), Some(""), true).as_deref(),
+            Some("trunks[0].outbound_password")
+        );
+        assert_eq!(
+            with(Some("ccu"), Some("pw"), false).as_deref(),
+            Some("trunks[0].outbound_username")
+        );
+        let mut config = config();
+        config.trunks[0].outbound_password = Some("hunter2".into());
+        assert!(!format!("{:?}", config.trunks[0]).contains("hunter2"));
     }
 
     fn invite(to: &str, from: &str, extra: &str) -> Request {
