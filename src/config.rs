@@ -10,6 +10,7 @@
 //! offending key in its error, so the server refuses to start with a message
 //! an administrator can act on.
 
+use ccu_channels::media::call::MAX_VOICEMAIL_SECONDS;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -1212,6 +1213,13 @@ impl Settings {
         positive("voice.callback.attempts", voice.callback.attempts.into())?;
         positive("voice.callback.ring_seconds", voice.callback.ring_seconds)?;
         positive("voice.max_calls", voice.max_calls as u64)?;
+        let seconds = voice.media.voicemail_seconds;
+        if !(1..=MAX_VOICEMAIL_SECONDS).contains(&seconds) {
+            return Err(ConfigError::new(
+                "voice.media.voicemail_seconds",
+                format!("{seconds} is not between 1 and {MAX_VOICEMAIL_SECONDS}"),
+            ));
+        }
         positive(
             "voice.max_calls_per_second",
             voice.max_calls_per_second.into(),
@@ -1329,6 +1337,11 @@ mod tests {
         assert_eq!(error.key, "voice.media_address");
         let error = with("voice.ring_timeout_seconds", 0).expect_err("zero");
         assert_eq!(error.key, "voice.ring_timeout_seconds");
+        for seconds in [0, 601, u64::MAX / 2] {
+            let error = with("voice.media.voicemail_seconds", seconds).expect_err("bounds");
+            assert_eq!(error.key, "voice.media.voicemail_seconds");
+        }
+        assert!(with("voice.media.voicemail_seconds", 600).is_ok());
         let error = with("ivr.menus.main.choices.1.queue", "nowhere").expect_err("unknown queue");
         assert_eq!(error.key, "ivr");
         assert!(error.reason.contains("nowhere"), "{}", error.reason);

@@ -753,11 +753,32 @@ impl Actor {
                     // Stored first, so a restart puts the operator back.
                     result = self.remember_presence(*operator, presence).await;
                 }
+                // A declined offer (the console, the phone): whoever shows
+                // or rings it is told, by its id, so that a phone still
+                // ringing stops and nothing else does.
+                let declined = match (&event, operator) {
+                    (Event::OfferRejected { offer }, Some(operator)) => self
+                        .open_offer
+                        .iter()
+                        .find(|(_, open)| *open == offer)
+                        .map(|(conversation, _)| (*offer, *conversation, operator)),
+                    _ => None,
+                };
                 if result.is_ok() {
                     result = self.engine.handle(now(), event).map_err(RouterError::from);
                 }
+                let accepted = result.is_ok();
                 if let Some(reply) = reply {
                     let _ = reply.send(result);
+                }
+                if accepted && let Some((offer, conversation, operator)) = declined {
+                    self.publish(BusEvent::OfferWithdrawn {
+                        offer_id: offer.0,
+                        conversation_id: conversation_id(conversation),
+                        operator_id: user_id(operator),
+                        reason: "declined".into(),
+                    })
+                    .await;
                 }
             }
             Message::UpsertOperator(profile) => {

@@ -68,7 +68,11 @@ enum Msg {
         /// Unix ms.
         expires_at: i64,
     },
+    /// A callback's offer withdrawn (the task is found by the offer).
     Withdraw,
+    /// An offer to a call withdrawn or declined: its phones stop ringing
+    /// if it is the offer ringing now.
+    WithdrawOffer(u64),
     /// The conversation is waiting again (a transfer from the console).
     Requeued,
     /// Hold (true) or resume from the console.
@@ -420,8 +424,10 @@ impl Voice {
                     )
                 }
                 BusEvent::OfferWithdrawn {
-                    conversation_id, ..
-                } => (*conversation_id, Msg::Withdraw),
+                    conversation_id,
+                    offer_id,
+                    ..
+                } => (*conversation_id, Msg::WithdrawOffer(*offer_id)),
                 BusEvent::Position {
                     conversation_id,
                     position,
@@ -717,15 +723,16 @@ impl Voice {
                                 .map(Duration::from_millis);
                             call.handle(now, CallInput::Offer { offer, operator, conversation, devices, ring_for });
                         }
-                        Msg::Withdraw => call.handle(now, CallInput::WithdrawOffer),
-                        Msg::Requeued => {
-                            // Declined in the console while the phones ring:
-                            // they stop (the router has the answer already).
-                            if call.ringing_offer().is_some() {
+                        Msg::WithdrawOffer(offer) => {
+                            // Withdrawn by the router, or declined in the
+                            // console while the phones ring: they stop. A
+                            // late word of an older offer stops nothing.
+                            if call.ringing_offer() == Some(offer) {
                                 call.handle(now, CallInput::WithdrawOffer);
                             }
-                            context.requeue_if_bridged(&mut call, now);
                         }
+                        Msg::Withdraw => {}
+                        Msg::Requeued => context.requeue_if_bridged(&mut call, now),
                         Msg::Hold(true) => call.handle(now, CallInput::Hold),
                         Msg::Hold(false) => call.handle(now, CallInput::Unhold),
                         Msg::QueueClosed => call.handle(now, CallInput::QueueClosed),

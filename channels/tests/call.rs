@@ -562,6 +562,79 @@ fn a_busy_operator_sends_the_call_back_and_the_next_offer_rings_another_phone() 
     assert!(h.call.is_bridged());
 }
 
+/// An offer withdrawn while its phones ring (declined in the console),
+/// then the next offer rings another phone. The first offer's phones are
+/// not the second's: one that answers late (it sent no 180, so our
+/// CANCEL was held back, RFC 3261 §9.1) is acknowledged and hung up,
+/// never taken as the answer to the second offer; one that ends busy says
+/// nothing of the second offer. The second phone's answer is its answer.
+#[test]
+fn a_late_answer_of_a_withdrawn_offer_is_hung_up_and_not_the_next_offers() {
+    let mut h = Harness::new();
+    h.sip(SipLeg::Caller, DialogEvent::Request(&from_trunk("ACK", 10)));
+    h.routed();
+    let invites = h.offer(1, 3, vec![device(1), device(3)]);
+    let (ringing, ringing_invite) = invites[0].clone();
+    let (silent, silent_invite) = invites[1].clone();
+    h.sip(
+        ringing,
+        DialogEvent::Response(&phone_reply(&ringing_invite, 180, "ph1", None)),
+    );
+    h.input(CallInput::WithdrawOffer);
+    let outputs = h.take();
+    assert!(
+        sip_sends(&outputs, ringing)
+            .iter()
+            .any(|s| matches!(s, SipSend::Cancel(_)))
+    );
+    assert_eq!(h.call.ringing_offer(), None);
+    let (leg2, invite2) = h.offer(2, 4, vec![device(2)])[0].clone();
+    assert_eq!(h.call.ringing_offer(), Some(2));
+
+    // The silent phone answers now.
+    let late = phone_reply(&silent_invite, 200, "ph3", Some(&phone_answer("sendrecv")));
+    h.sip(silent, DialogEvent::Response(&late));
+    let outputs = h.take();
+    let to_silent = sip_sends(&outputs, silent);
+    assert!(
+        to_silent.iter().any(
+            |s| matches!(s, SipSend::Stateless(Message::Request(r)) if r.method == Method::Ack)
+        ),
+        "{outputs:?}"
+    );
+    assert!(
+        to_silent.iter().any(|s| is_request(s, Method::Bye)),
+        "{outputs:?}"
+    );
+    let about_offers = |outputs: &[CallOutput]| {
+        outputs.iter().any(|o| {
+            matches!(
+                o,
+                CallOutput::OfferOutcome { .. }
+                    | CallOutput::Record(CallRecord::OfferEnded { offer: 2, .. })
+            )
+        })
+    };
+    assert!(!about_offers(&outputs), "{outputs:?}");
+    assert!(!h.call.is_bridged());
+    assert_eq!(h.call.ringing_offer(), Some(2), "still ringing the second");
+    // The ringing one was busy before it saw our CANCEL.
+    h.sip(
+        ringing,
+        DialogEvent::Response(&phone_reply(&ringing_invite, 486, "ph1", None)),
+    );
+    let outputs = h.take();
+    assert!(!about_offers(&outputs), "{outputs:?}");
+
+    h.answer(leg2, &invite2, "ph2");
+    let outputs = h.take();
+    assert!(outputs.contains(&CallOutput::OfferOutcome {
+        offer: 2,
+        outcome: OfferOutcome::Accepted
+    }));
+    assert!(h.call.is_bridged());
+}
+
 #[test]
 fn a_queue_that_closes_while_the_caller_waits_plays_the_closed_message_and_hangs_up() {
     let mut h = Harness::new();

@@ -404,7 +404,9 @@ pub struct Call {
     held: bool,
     /// Local packets sent to the caller when the hold began.
     held_at_local: u64,
-    /// A leg whose end is expected (transfer): its BYE does not end the call.
+    /// A leg whose end is expected (transfer, an offer withdrawn or won by
+    /// another phone): its BYE does not end the call, its late answer is
+    /// hung up and its end is not the outcome of the offer ringing now.
     leaving: Vec<u32>,
     /// The caller is leaving the queue (a callback was confirmed, or the
     /// maximum wait): hearing the last prompts, no longer waiting, so a
@@ -577,7 +579,11 @@ impl Call {
             CallInput::WithdrawOffer => {
                 if let Stage::Ringing { offer, operator } = self.stage {
                     for fork in &mut self.phones {
-                        fork.dialog.cancel(EndCause::Cancelled);
+                        if !fork.dialog.is_terminated() {
+                            fork.dialog.cancel(EndCause::Cancelled);
+                            // Its late answer or end is not the next offer's.
+                            self.leaving.push(fork.leg);
+                        }
                     }
                     self.out
                         .push_back(CallOutput::Record(CallRecord::OfferEnded {
@@ -885,6 +891,7 @@ impl Call {
     }
 
     fn answered(&mut self, now: Instant, leg: u32, negotiated: &Negotiated) {
+        let stale = self.leaving.contains(&leg);
         let Stage::Ringing { offer, operator } = self.stage else {
             // Answered after the offer ended (withdrawn, another phone won,
             // the caller left): that phone is hung up.
@@ -893,6 +900,14 @@ impl Call {
             }
             return;
         };
+        if stale {
+            // A phone of an offer that ended (withdrawn) answering late:
+            // hung up, never taken for the offer ringing now.
+            if let Some(fork) = self.phones.iter_mut().find(|f| f.leg == leg) {
+                fork.dialog.hang_up();
+            }
+            return;
+        }
         let leg_media = self
             .fork_ip(leg)
             .and_then(|ip| LegMedia::from_negotiated(negotiated, Some(ip)));
@@ -910,7 +925,10 @@ impl Call {
             },
         );
         for fork in self.phones.iter_mut().filter(|f| f.leg != leg) {
-            fork.dialog.cancel(EndCause::Cancelled);
+            if !fork.dialog.is_terminated() {
+                fork.dialog.cancel(EndCause::Cancelled);
+                self.leaving.push(fork.leg);
+            }
         }
         self.stage = Stage::Bridged { leg };
         self.held = false;

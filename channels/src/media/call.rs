@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 use super::announce::{
     AnnouncerAction, AnnouncerConfig, AnnouncerEvent, QueueAnnouncer, QueueStatus,
 };
+use super::g711::Law;
 use super::player::{MUSIC, PlayItem, Player, PlayerOutput, PromptLibrary};
 use super::relay::{
     Leg, LegMedia, Relay, RelayAction, RelayConfig, RelayEvent, Source, StreamStart,
@@ -161,6 +162,58 @@ pub enum CallHangup {
     Voicemail,
 }
 
+/// A voice message as it is recorded: 8 kHz linear samples placed by
+/// their RTP timestamps from the first packet of the stream (one timestamp
+/// unit per G.711 sample, RFC 3551 §4.5.14), so that lost packets and a
+/// phone's silence suppression leave silence, duplicates and late packets
+/// fall in their place, and nothing is kept past the limit however fast
+/// or large the packets come. Another stream (SSRC) is left out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Recording {
+    samples: Vec<i16>,
+    first: Option<(u32, u32)>,
+    max_samples: usize,
+}
+
+impl Recording {
+    /// The longest message, bounded whatever the configuration says.
+    fn limit(seconds: u64) -> Duration {
+        Duration::from_secs(seconds.clamp(1, MAX_VOICEMAIL_SECONDS))
+    }
+
+    fn new(seconds: u64) -> Recording {
+        let max = Recording::limit(seconds).as_secs() * 8000;
+        Recording {
+            samples: Vec::new(),
+            first: None,
+            max_samples: usize::try_from(max).unwrap_or(usize::MAX),
+        }
+    }
+
+    fn add(&mut self, ssrc: u32, timestamp: u32, law: Law, payload: &[u8]) {
+        let (stream, origin) = *self.first.get_or_insert((ssrc, timestamp));
+        if ssrc != stream {
+            return;
+        }
+        // Before the first packet (reordered) wraps to a huge offset: left out.
+        let offset = usize::try_from(timestamp.wrapping_sub(origin)).unwrap_or(usize::MAX);
+        if offset >= self.max_samples {
+            return;
+        }
+        let end = offset.saturating_add(payload.len()).min(self.max_samples);
+        if self.samples.len() < end {
+            self.samples.resize(end, 0);
+        }
+        for (slot, &code) in self.samples[offset..end].iter_mut().zip(payload) {
+            *slot = law.decode(code);
+        }
+    }
+}
+
+/// The longest voice message there can be (`voice.media.voicemail_seconds`
+/// is checked against it at start-up too).
+pub const MAX_VOICEMAIL_SECONDS: u64 = 600;
+
 enum Stage {
     Ivr(IvrSession),
     /// Routed, waiting for the first [`CallEvent::QueueStatus`]: music.
@@ -174,7 +227,7 @@ enum Stage {
     /// The voicemail prompt and tone play (`until` is `None`), then the
     /// caller's audio is recorded until `until`.
     Voicemail {
-        samples: Vec<i16>,
+        recording: Recording,
         until: Option<Instant>,
     },
     Ended,
@@ -316,7 +369,7 @@ impl CallMedia {
             CallEvent::Voicemail => {
                 if matches!(self.stage, Stage::Routing | Stage::Queued(_)) {
                     self.stage = Stage::Voicemail {
-                        samples: Vec::new(),
+                        recording: Recording::new(self.config.voicemail_seconds),
                         until: None,
                     };
                     let mut items: Vec<PlayItem> = self
@@ -351,11 +404,11 @@ impl CallMedia {
     fn take_message(&mut self) -> Option<Vec<i16>> {
         match &mut self.stage {
             Stage::Voicemail {
-                samples,
+                recording,
                 until: Some(_),
             } => {
                 self.relay.listen(Leg::A, false);
-                Some(std::mem::take(samples))
+                Some(std::mem::take(&mut recording.samples))
             }
             _ => None,
         }
@@ -435,14 +488,16 @@ impl CallMedia {
                 RelayAction::Heard {
                     leg: Leg::A,
                     law,
+                    ssrc,
+                    timestamp,
                     payload,
                 } => {
                     if let Stage::Voicemail {
-                        samples,
+                        recording,
                         until: Some(_),
                     } = &mut self.stage
                     {
-                        law.decode_into(&payload, samples);
+                        recording.add(ssrc, timestamp, law, &payload);
                     }
                 }
                 RelayAction::Heard { .. } => {}
@@ -475,7 +530,7 @@ impl CallMedia {
                     }
                     Stage::Voicemail { until, .. } if until.is_none() => {
                         // After the tone: the caller speaks.
-                        *until = Some(now + Duration::from_secs(self.config.voicemail_seconds));
+                        *until = Some(now + Recording::limit(self.config.voicemail_seconds));
                         self.relay.listen(Leg::A, true);
                     }
                     _ => {}
@@ -940,6 +995,46 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// The recording is placed by RTP timestamp: a lost packet is silence,
+    /// a reordered one lands in its place, a duplicate changes nothing,
+    /// another stream is left out, and a flood of large packets (or a
+    /// timestamp far ahead) never grows it past the limit.
+    #[test]
+    fn a_recording_follows_the_timestamps_and_stays_within_its_limit() {
+        let mut recording = Recording::new(1);
+        let base = 4_000_000_000u32; // wraps during the message
+        let frame = |code: u8| vec![code; 160];
+        recording.add(7, base, Law::Ulaw, &frame(0x10));
+        recording.add(7, base.wrapping_add(320), Law::Ulaw, &frame(0x30)); // 160 lost
+        recording.add(7, base.wrapping_add(160), Law::Ulaw, &frame(0x20)); // late
+        recording.add(7, base.wrapping_add(160), Law::Ulaw, &frame(0x20)); // duplicate
+        recording.add(8, base.wrapping_add(480), Law::Ulaw, &frame(0x40)); // stranger
+        recording.add(7, base.wrapping_sub(160), Law::Ulaw, &frame(0x50)); // before the first
+        recording.add(7, base.wrapping_add(800), Law::Ulaw, &frame(0x60)); // after a gap
+        let s = &recording.samples;
+        assert_eq!(s.len(), 960);
+        assert!(s[..160].iter().all(|&x| x == Law::Ulaw.decode(0x10)));
+        assert!(s[160..320].iter().all(|&x| x == Law::Ulaw.decode(0x20)));
+        assert!(s[320..480].iter().all(|&x| x == Law::Ulaw.decode(0x30)));
+        assert!(s[480..800].iter().all(|&x| x == 0), "the gap is silence");
+        assert!(s[800..].iter().all(|&x| x == Law::Ulaw.decode(0x60)));
+
+        // A flood: 10,000 packets of 1,400 bytes, timestamps racing ahead.
+        let mut flood = Recording::new(1);
+        for n in 0..10_000u32 {
+            flood.add(1, n.wrapping_mul(1_400), Law::Alaw, &[0xD5; 1_400]);
+        }
+        flood.add(1, u32::MAX / 2, Law::Alaw, &[0xD5; 1_400]);
+        assert_eq!(flood.samples.len(), 8_000, "one second at 8 kHz, no more");
+        assert!(flood.samples.capacity() <= 16_000);
+        // The limit is bounded whatever the configuration says.
+        assert_eq!(Recording::limit(0), Duration::from_secs(1));
+        assert_eq!(
+            Recording::limit(u64::MAX),
+            Duration::from_secs(MAX_VOICEMAIL_SECONDS)
+        );
     }
 
     #[test]

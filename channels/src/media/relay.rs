@@ -220,10 +220,13 @@ pub enum RelayAction {
     /// The leg sent nothing for the configured time.
     MediaTimeout { leg: Leg },
     /// Audio from the leg's peer, while [`Relay::listen`] is on (a voice
-    /// message): the payload in the leg's law, in arrival order.
+    /// message): the payload in the leg's law, in arrival order, with the
+    /// stream and RTP timestamp that place it (RFC 3550 §5.1).
     Heard {
         leg: Leg,
         law: Law,
+        ssrc: u32,
+        timestamp: u32,
         payload: Vec<u8>,
     },
 }
@@ -716,6 +719,8 @@ impl Relay {
             self.actions.push_back(RelayAction::Heard {
                 leg,
                 law,
+                ssrc: packet.ssrc,
+                timestamp: packet.timestamp,
                 payload: packet.payload.to_vec(),
             });
         }

@@ -960,8 +960,14 @@ impl Dialog {
             .unwrap_or_default();
         match &self.phase {
             Phase::Calling { .. } | Phase::Cancelling { .. } => {
+                // A CANCEL sent, or wanted but held back until a
+                // provisional (§9.1): either way the answer is not wanted.
                 let cancelled = match &self.phase {
-                    Phase::Cancelling { cause, .. } => Some(*cause),
+                    Phase::Cancelling { cause, .. }
+                    | Phase::Calling {
+                        cancel: Some(cause),
+                        ..
+                    } => Some(*cause),
                     _ => None,
                 };
                 // §12.1.2: the dialog from the 2xx.
@@ -2025,6 +2031,38 @@ Content-Length: 0\r\n\r\n"
         assert!(matches!(&actions[1], DialogAction::SendRequest(r) if r.method == Method::Bye));
         assert_eq!(actions[2], DialogAction::Terminated(EndCause::Cancelled));
         assert_eq!(actions.len(), 3);
+    }
+
+    /// A phone that answers without a provisional (auto-answer, a lost
+    /// 180) after we wanted to CANCEL: the CANCEL was held back (§9.1),
+    /// so the 2xx is acknowledged and hung up, never reported answered.
+    #[test]
+    fn a_2xx_while_a_cancel_waits_for_a_provisional_is_acked_and_byed() {
+        let t0 = Instant::now();
+        let mut uac = outgoing(t0, None);
+        drain(&mut uac, t0);
+        uac.cancel(EndCause::Cancelled);
+        assert_eq!(drain(&mut uac, t0), vec![]);
+        let ok = phone_response(
+            "200 OK",
+            ";tag=ph1",
+            "1 INVITE",
+            "Contact: <sip:1001@10.0.0.9:5062>\r\nContent-Type: application/sdp\r\n",
+            PHONE_ANSWER,
+        );
+        uac.handle(t0, DialogEvent::Response(&ok));
+        let actions = drain(&mut uac, t0);
+        assert!(
+            matches!(&actions[0], DialogAction::SendStateless(Message::Request(r)) if r.method == Method::Ack),
+            "{actions:?}"
+        );
+        assert!(matches!(&actions[1], DialogAction::SendRequest(r) if r.method == Method::Bye));
+        assert_eq!(actions[2], DialogAction::Terminated(EndCause::Cancelled));
+        assert!(
+            !actions
+                .iter()
+                .any(|a| matches!(a, DialogAction::Answered(_)))
+        );
     }
 
     #[test]
