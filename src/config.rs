@@ -1126,6 +1126,10 @@ pub struct CallbackSettings {
     pub retry_seconds: u64,
     /// How long the citizen's phone rings before it counts as no answer.
     pub ring_seconds: u64,
+    /// Failures of the trunk itself (5xx, no response, our credentials
+    /// refused) for one callback before it is given up: they are not the
+    /// citizen's attempts, but a broken trunk must not retry for ever.
+    pub trunk_failures: u32,
 }
 
 impl Default for CallbackSettings {
@@ -1134,6 +1138,7 @@ impl Default for CallbackSettings {
             attempts: 3,
             retry_seconds: 300,
             ring_seconds: 30,
+            trunk_failures: 12,
         }
     }
 }
@@ -1212,6 +1217,10 @@ impl Settings {
         positive("voice.ring_timeout_seconds", voice.ring_timeout_seconds)?;
         positive("voice.callback.attempts", voice.callback.attempts.into())?;
         positive("voice.callback.ring_seconds", voice.callback.ring_seconds)?;
+        positive(
+            "voice.callback.trunk_failures",
+            voice.callback.trunk_failures.into(),
+        )?;
         positive("voice.max_calls", voice.max_calls as u64)?;
         let seconds = voice.media.voicemail_seconds;
         if !(1..=MAX_VOICEMAIL_SECONDS).contains(&seconds) {

@@ -409,6 +409,18 @@ impl RouterHandle {
         .await
     }
 
+    /// The caller of a callback kept while they were on the line hung up:
+    /// it is offered from its place now.
+    pub async fn caller_left(&self, conversation: i64) -> Result<(), RouterError> {
+        self.request(
+            Event::CallerLeft {
+                conversation: conversation_key(conversation),
+            },
+            None,
+        )
+        .await
+    }
+
     /// A callback did not reach the citizen: the conversation leaves `user`
     /// (if it is still theirs), waits again in its place and is offered
     /// from `not_before` (Unix ms) on.

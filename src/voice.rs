@@ -649,6 +649,7 @@ impl Voice {
             answered: false,
             voicemail: false,
             voice_message: false,
+            kept: false,
             ringing: Vec::new(),
             pending: Vec::new(),
         };
@@ -740,12 +741,14 @@ impl Voice {
                             // Anonymous callers too: the message is heard
                             // even if they cannot be called back.
                             context.voicemail = true;
+                            context.kept = !context.caller_number.is_empty();
                             call.handle(now, CallInput::Voicemail);
                         }
                         Msg::MaxWait { callback, .. } => {
                             // An anonymous caller cannot be called back: the
                             // maximum-wait message, and the call's end closes it.
                             let callback = callback && !context.caller_number.is_empty();
+                            context.kept |= callback;
                             call.handle(now, CallInput::MaxWait { callback });
                         }
                         Msg::Position(status) => call.handle(now, CallInput::QueueStatus(status)),
@@ -795,6 +798,9 @@ struct CallContext {
     /// The caller was asked for a voice message, and left one.
     voicemail: bool,
     voice_message: bool,
+    /// The router keeps this call's place as a callback while the caller
+    /// is still on the line: their hang-up lets it be offered.
+    kept: bool,
     /// The devices of the offer ringing now, for its record.
     ringing: Vec<serde_json::Value>,
     /// Records made before the conversation exists (the IVR's): stored
@@ -1240,8 +1246,9 @@ impl CallContext {
                         .map_err(anyhow::Error::from),
                     Err(error) => Err(error.into()),
                 };
-                if let Err(error) = result {
-                    tracing::warn!(conversation, "callback request: {error:#}");
+                match result {
+                    Ok(()) => self.kept = true,
+                    Err(error) => tracing::warn!(conversation, "callback request: {error:#}"),
                 }
             }
             CallOutput::Ended { cause } => {
@@ -1273,6 +1280,11 @@ impl CallContext {
                     let data = serde_json::json!({ "reason": "queue_closed" });
                     self.close_waiting(conversation, &data).await;
                     shared.state.hub.announce_end(conversation, "voice").await;
+                } else if let Some(conversation) = self.conversation.filter(|_| self.kept) {
+                    // The callback waits, from its place, for an operator.
+                    if let Err(error) = shared.state.hub.router().caller_left(conversation).await {
+                        tracing::warn!(conversation, "callback: {error}");
+                    }
                 }
             }
         }

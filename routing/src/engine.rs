@@ -251,6 +251,10 @@ fn strategy_key(strategy: Strategy, score: i64, idle_since: i64, busy: i64) -> (
     }
 }
 
+/// The longest a caller can stay on the line once their callback is kept:
+/// the longest voice message (10 minutes) and its prompts.
+pub const CALLER_ON_LINE_MAX_MS: i64 = 15 * 60 * 1000;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum ConvState {
     Waiting,
@@ -282,6 +286,9 @@ struct Conv {
     state: ConvState,
     callback: bool,
     max_wait_done: bool,
+    /// A kept callback whose caller is still on the line (hearing the
+    /// confirmation, leaving a voice message): parked until they leave.
+    on_line: bool,
     /// Operators who declined or missed it, and until when they are skipped.
     excluded: Vec<(u32, i64)>,
     pinned: Option<u32>,
@@ -790,6 +797,7 @@ impl Engine {
                 state: ConvState::Waiting,
                 callback: c.callback,
                 max_wait_done: c.callback,
+                on_line: false,
                 excluded: Vec::new(),
                 pinned: None,
                 moves: 0,
@@ -1349,6 +1357,24 @@ impl Engine {
         });
     }
 
+    /// A voice callback kept while its caller is still on the line is not
+    /// offered until they hang up ([`Event::CallerLeft`]), at the latest
+    /// after [`CALLER_ON_LINE_MAX_MS`]: an operator offered it meanwhile
+    /// would ring a line that is busy with us.
+    fn park_while_on_line(&mut self, ci: u32) {
+        let conv = self.conv(ci);
+        if conv.channel != Channel::Voice || conv.state != ConvState::Waiting {
+            return;
+        }
+        let until = self.now + CALLER_ON_LINE_MAX_MS;
+        self.remove_waiting(ci);
+        let conv = self.conv_mut(ci);
+        conv.on_line = true;
+        conv.state = ConvState::Parked { until };
+        let id = conv.id;
+        self.schedule(until, Timer::Retry(id));
+    }
+
     /// An offer ended without an answer (declined, missed or withdrawn
     /// because the operator left): back in line at the same key.
     fn offer_failed(&mut self, offer: OfferId, reason: RequeueReason) -> Result<(), RoutingError> {
@@ -1484,6 +1510,7 @@ impl Engine {
                     state: ConvState::Waiting,
                     callback: false,
                     max_wait_done: false,
+                    on_line: false,
                     excluded: Vec::new(),
                     pinned: None,
                     moves: 0,
@@ -1602,6 +1629,17 @@ impl Engine {
                 let conv = self.conv_mut(ci);
                 conv.callback = true;
                 conv.max_wait_done = true;
+                self.park_while_on_line(ci);
+                Ok(())
+            }
+            Event::CallerLeft { conversation } => {
+                let ci = self.conv_idx(conversation)?;
+                let conv = self.conv_mut(ci);
+                if std::mem::take(&mut conv.on_line)
+                    && matches!(conv.state, ConvState::Parked { .. })
+                {
+                    self.place_waiting(ci);
+                }
                 Ok(())
             }
             Event::CallbackRetry {
@@ -1847,6 +1885,7 @@ impl Engine {
                     let conv = self.conv_mut(ci);
                     conv.callback = true;
                     conv.max_wait_done = true;
+                    self.park_while_on_line(ci);
                 } else {
                     let window = self.window_ms();
                     self.queues[qi as usize]
@@ -1860,6 +1899,7 @@ impl Engine {
                 if let Some(&ci) = self.conv_index.get(&id)
                     && matches!(self.conv(ci).state, ConvState::Parked { until } if until <= now)
                 {
+                    self.conv_mut(ci).on_line = false;
                     self.place_waiting(ci);
                 }
             }
@@ -1943,8 +1983,9 @@ impl Engine {
                     let window = self.window_ms();
                     for ci in lines {
                         let conversation = self.conv(ci).id;
-                        if !self.conv(ci).channel.is_live() {
-                            // Asynchronous: waits for the next opening.
+                        if !self.conv(ci).channel.is_live() || self.conv(ci).callback {
+                            // Asynchronous, or a callback kept (nobody on
+                            // the line): waits for the next opening.
                             continue;
                         }
                         self.out.push_back(Command::QueueClosed {

@@ -59,10 +59,19 @@ pub enum Event {
         conversation: ConversationId,
         target: TransferTarget,
     },
-    /// The citizen asked to be called back (a caller's key while waiting,
-    /// or a call that a restart cut): the conversation keeps its place, no
-    /// longer waits for a maximum wait, and its offers say `callback`.
+    /// The citizen asked to be called back (a caller's key while waiting):
+    /// the conversation keeps its place, no longer waits for a maximum
+    /// wait, and its offers say `callback`. A call is still on the line
+    /// (the confirmation): it is offered once [`Event::CallerLeft`] says
+    /// the caller hung up.
     CallbackRequested {
+        conversation: ConversationId,
+    },
+    /// The caller of a callback kept while they were on the line (the
+    /// callback key, a maximum wait with `callback` or `voicemail`) hung
+    /// up: the conversation is offered from its place. Nothing for any
+    /// other conversation.
+    CallerLeft {
         conversation: ConversationId,
     },
     /// A callback did not reach the citizen (no answer, busy, failed) or

@@ -556,15 +556,33 @@ fn maximum_wait_with_callback_keeps_the_place_and_the_offer_says_callback() {
             action: MaxWaitAction::Callback,
         }]
     );
+    // The caller hears the confirmation: not offered while on the line.
+    assert!(matches!(
+        w.status(100),
+        Some(ConversationStatus::Parked { .. })
+    ));
     let cmds = w.simple_operator(10, &[(1, 5)]);
+    assert_eq!(the_offer(&cmds).1, 101, "{cmds:?}");
+    w.simple_operator(11, &[(1, 5)]);
+    let cmds = w.send(Event::CallerLeft {
+        conversation: ConversationId(100),
+    });
     assert!(cmds.iter().any(|c| matches!(
         c,
         Command::Offer {
             conversation: ConversationId(100),
+            operator: OperatorId(11),
             callback: true,
             ..
         }
     )));
+    // Said again, or of a conversation never kept: nothing happens.
+    assert!(
+        w.send(Event::CallerLeft {
+            conversation: ConversationId(100),
+        })
+        .is_empty()
+    );
 }
 
 #[test]
@@ -602,8 +620,16 @@ fn a_callback_request_keeps_the_place_stops_the_maximum_wait_and_the_offer_says_
         )),
         "{cmds:?}"
     );
-    assert_eq!(w.status(100), Some(ConversationStatus::Waiting));
+    assert!(matches!(
+        w.status(100),
+        Some(ConversationStatus::Parked { .. })
+    ));
     assert_eq!(w.status(101), None, "101 reached the maximum wait and left");
+    // The caller hung up after the confirmation: offered from its place.
+    w.send(Event::CallerLeft {
+        conversation: ConversationId(100),
+    });
+    assert_eq!(w.status(100), Some(ConversationStatus::Waiting));
     let cmds = w.simple_operator(10, &[(1, 5)]);
     assert!(cmds.iter().any(|c| matches!(
         c,
@@ -754,14 +780,28 @@ fn maximum_wait_with_voicemail_keeps_a_calls_place_and_takes_a_chat_out_of_line(
         2,
         "{cmds:?}"
     );
-    assert_eq!(w.status(100), Some(ConversationStatus::Waiting));
+    // The caller is leaving the message: kept, not offered meanwhile.
+    assert!(matches!(
+        w.status(100),
+        Some(ConversationStatus::Parked { .. })
+    ));
     assert_eq!(w.status(101), None);
-    assert_eq!(w.engine.waiting(QueueId(1)).unwrap(), 1);
+    assert_eq!(w.engine.waiting(QueueId(1)).unwrap(), 0);
     let stats = w.engine.queue_stats(QueueId(1), w.now).unwrap();
     assert_eq!(stats.today.max_wait_exits, 1);
-    // Not again: it is a callback now, offered as one.
-    assert!(w.at(600.0).is_empty());
     let cmds = w.simple_operator(10, &[(1, 5)]);
+    assert!(
+        !cmds.iter().any(|c| matches!(c, Command::Offer { .. })),
+        "{cmds:?}"
+    );
+    w.simple_operator(11, &[(1, 5)]);
+    w.at(130.0);
+    w.call(102, 1);
+    // Not again: it is a callback now, offered as one, before 102 (its
+    // place), once the caller hung up.
+    let cmds = w.send(Event::CallerLeft {
+        conversation: ConversationId(100),
+    });
     assert!(cmds.iter().any(|c| matches!(
         c,
         Command::Offer {
@@ -770,6 +810,89 @@ fn maximum_wait_with_voicemail_keeps_a_calls_place_and_takes_a_chat_out_of_line(
             ..
         }
     )));
+    assert!(w.at(600.0).iter().all(|c| !matches!(
+        c,
+        Command::MaxWaitReached {
+            conversation: ConversationId(100),
+            ..
+        }
+    )));
+}
+
+/// A caller whose callback was kept but who is never reported gone (a
+/// lost message, a node that died) is offered after the longest a caller
+/// can stay on the line.
+#[test]
+fn a_kept_callback_is_offered_at_the_latest_after_the_longest_time_on_the_line() {
+    let mut w = World::new();
+    let mut q = QueueConfig::new(QueueId(1), OrgId(1), vec![skill(1, 1)]);
+    q.max_wait = Some((60, MaxWaitAction::Voicemail));
+    w.queue(q);
+    w.call(100, 1);
+    w.at(61.0);
+    w.simple_operator(10, &[(1, 5)]);
+    let limit = ccu_routing::engine::CALLER_ON_LINE_MAX_MS as f64 / 1000.0;
+    assert!(
+        !w.at(60.0 + limit - 1.0)
+            .iter()
+            .any(|c| matches!(c, Command::Offer { .. }))
+    );
+    let cmds = w.at(61.0 + limit + 1.0);
+    assert!(
+        cmds.iter().any(|c| matches!(
+            c,
+            Command::Offer {
+                conversation: ConversationId(100),
+                callback: true,
+                ..
+            }
+        )),
+        "{cmds:?}"
+    );
+}
+
+/// A queue that closes with `close_waiting` sends its callers away, but a
+/// callback it keeps (nobody on the line) waits for the next opening.
+#[test]
+fn a_closing_queue_keeps_its_callbacks() {
+    let mut w = World::new();
+    let mut q = QueueConfig::new(QueueId(1), OrgId(1), vec![skill(1, 1)]);
+    q.max_wait = Some((600, MaxWaitAction::Callback));
+    q.hours = Some(office_hours());
+    q.closed_action = ClosedAction::SuggestWebform;
+    q.closing_policy = ClosingPolicy::CloseWaiting;
+    w.queue(q);
+    w.at(3.0 * 3600.0); // 12:00
+    w.call(100, 1);
+    w.at(3.0 * 3600.0 + 601.0);
+    w.send(Event::CallerLeft {
+        conversation: ConversationId(100),
+    });
+    w.at(3.0 * 3600.0 + 1500.0);
+    w.call(101, 1);
+    assert_eq!(w.engine.waiting(QueueId(1)).unwrap(), 2);
+    let cmds = w.at(3.0 * 3600.0 + 1800.0); // 12:30, closing
+    assert!(
+        cmds.iter().any(|c| matches!(
+            c,
+            Command::QueueClosed {
+                conversation: ConversationId(101),
+                ..
+            }
+        )),
+        "{cmds:?}"
+    );
+    assert!(
+        !cmds.iter().any(|c| matches!(
+            c,
+            Command::QueueClosed {
+                conversation: ConversationId(100),
+                ..
+            }
+        )),
+        "{cmds:?}"
+    );
+    assert_eq!(w.status(100), Some(ConversationStatus::Waiting));
 }
 
 #[test]

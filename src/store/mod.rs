@@ -557,6 +557,8 @@ pub struct CallbackPlan {
     pub trunk: Option<String>,
     /// Calls to the citizen so far that did not reach them.
     pub failed_attempts: u32,
+    /// Calls the trunk itself failed (not the citizen's attempts).
+    pub trunk_failures: u32,
 }
 
 impl ConversationDetail {
@@ -590,21 +592,25 @@ impl ConversationDetail {
                 non_empty(&serde_json::from_str::<serde_json::Value>(&e.data).ok()?["number"])
             });
         let started = self.first_data("call_started").unwrap_or_default();
-        let failed_attempts = self
+        let results: Vec<serde_json::Value> = self
             .events
             .iter()
             .filter(|e| e.kind == CALLBACK_ATTEMPT)
-            .filter(|e| {
-                // Answered, or the trunk's failure: not the citizen's attempt.
-                serde_json::from_str::<serde_json::Value>(&e.data)
-                    .is_ok_and(|d| d["result"] != "answered" && d["result"] != "trunk_failed")
-            })
+            .filter_map(|e| serde_json::from_str::<serde_json::Value>(&e.data).ok())
+            .map(|d| d["result"].clone())
+            .collect();
+        // Answered, or the trunk's failure: not the citizen's attempt.
+        let failed_attempts = results
+            .iter()
+            .filter(|r| *r != "answered" && *r != "trunk_failed")
             .count();
+        let trunk_failures = results.iter().filter(|r| *r == "trunk_failed").count();
         Some(CallbackPlan {
             number: requested.or_else(|| non_empty(&started["caller"]))?,
             called: non_empty(&started["called"]),
             trunk: non_empty(&started["trunk"]),
             failed_attempts: u32::try_from(failed_attempts).unwrap_or(u32::MAX),
+            trunk_failures: u32::try_from(trunk_failures).unwrap_or(u32::MAX),
         })
     }
 }

@@ -277,6 +277,7 @@ impl Voice {
             answered: false,
             voicemail: false,
             voice_message: false,
+            kept: false,
             ringing: Vec::new(),
             pending: Vec::new(),
         };
@@ -530,13 +531,25 @@ impl Voice {
                 completed.map(|_| ()).map_err(anyhow::Error::from)
             }
             CallbackEnd::NotReached(how) => {
-                // The trunk's failures are not the citizen's attempts.
+                // The trunk's failures are not the citizen's attempts, but
+                // they too have an end.
                 let attempts = plan.failed_attempts + u32::from(how.is_citizens());
+                let trunk_failures = plan.trunk_failures + u32::from(!how.is_citizens());
                 let callback = &shared.state.settings.voice.callback;
-                if how.is_citizens()
-                    && attempts >= callback.attempts
-                    && self.assigned_to(conversation, operator).await
-                {
+                let given_up = if how.is_citizens() {
+                    attempts >= callback.attempts
+                } else {
+                    trunk_failures >= callback.trunk_failures
+                };
+                if !how.is_citizens() {
+                    tracing::error!(
+                        conversation,
+                        trunk_failures,
+                        status = ?how.status(),
+                        "callback: the trunk failed the call (check sip.trunks outbound and credentials)"
+                    );
+                }
+                if given_up && self.assigned_to(conversation, operator).await {
                     // Given up: recorded, and the operator's conversation
                     // ends (its wrap-up, if any, is for a note).
                     let stored = shared
@@ -548,7 +561,11 @@ impl Voice {
                             "callback_failed",
                             Some(&context.queue),
                             Some(operator),
-                            &serde_json::json!({ "attempts": attempts, "result": how.as_str() }),
+                            &serde_json::json!({
+                                "attempts": attempts,
+                                "trunk_failures": trunk_failures,
+                                "result": how.as_str(),
+                            }),
                         )
                         .await;
                     match stored {

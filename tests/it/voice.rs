@@ -1100,6 +1100,48 @@ async fn at_the_maximum_wait_a_voicemail_queue_records_the_callers_message_and_k
     assert_eq!(unknown.status(), 404);
     let anonymous = app.client.get(app.url(&path)).send().await.unwrap();
     assert_eq!(anonymous.status(), 401);
+    // The message asked for under another conversation (one that exists).
+    let form = app
+        .client
+        .post(app.url("/api/v1/requests"))
+        .json(&json!({
+            "name": "Giuseppe Verdi", "email": "giuseppe@example.it",
+            "topic": "anagrafe", "subject": "Residenza", "text": "Buongiorno.",
+            "privacy_consent": true,
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(form.status(), 201);
+    let other = form.json::<Value>().await.unwrap()["conversation_id"]
+        .as_i64()
+        .unwrap();
+    assert_ne!(other, 1);
+    let elsewhere = app
+        .get(
+            &format!("/api/v1/conversations/{other}/voicemail/{id}"),
+            &app.admin_token,
+        )
+        .await;
+    assert_eq!(elsewhere.status(), 404);
+    // An operator of another organization does not see the conversation.
+    let password = "una password lunga e sicura";
+    let created = app
+        .post(
+            "/api/v1/users",
+            &app.admin_token,
+            &json!({
+                "username": "op.acque", "display_name": "Acque", "password": password,
+                "role": "operator", "organization_id": "acque", "languages": ["it"],
+            }),
+        )
+        .await;
+    assert_eq!(created.status(), 201, "{}", created.text().await.unwrap());
+    let stranger = app.login("op.acque", password).await;
+    let refused = app.get(&path, &stranger).await;
+    assert_eq!(refused.status(), 404);
+    let (_, colleague) = operator(&app, "anna.voce", "2001", 6).await;
+    assert_eq!(app.get(&path, &colleague).await.status(), 200);
 }
 
 /// A caller who chooses anagrafe, whose maximum wait is 2 s with `action`,
@@ -1219,7 +1261,14 @@ async fn a_carrier_that_wants_digest_gets_the_trunks_account_and_a_wrong_one_is_
             "outbound_username": "ccu-out",
             "outbound_password": password,
         }]);
-        let app = callback_app(address, &[("sip.trunks", trunk)]).await;
+        let app = callback_app(
+            address,
+            &[
+                ("sip.trunks", trunk),
+                ("voice.callback.trunk_failures", json!(1)),
+            ],
+        )
+        .await;
         call_to_its_end(&app, "call_callback.xml").await;
         let (anna, token) = operator(&app, "anna.voce", "2001", 6).await;
         let phone = Phone::register(&app, anna, "2001", "u1", "phone_hangs_up.xml").await;
@@ -1233,6 +1282,12 @@ async fn a_carrier_that_wants_digest_gets_the_trunks_account_and_a_wrong_one_is_
             assert_eq!(attempt["status"], 403, "{attempt}");
             let logs = carrier.hang_up_the_line().await;
             assert_eq!(logs.matches("second invite").count(), 1, "{logs}");
+            // One trunk failure allowed here: given up, not retried for ever.
+            let events = events_until(&app, 1, "callback_failed").await;
+            let failed = data(event(&events, "callback_failed"));
+            assert_eq!(failed["result"], "trunk_failed", "{failed}");
+            assert_eq!(failed["attempts"], 0, "{failed}");
+            events_until(&app, 1, "completed").await;
             drop(phone.hang_up_the_line().await);
             continue;
         }

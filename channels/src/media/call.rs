@@ -163,19 +163,25 @@ pub enum CallHangup {
 }
 
 /// A voice message as it is recorded: 8 kHz linear samples placed by
-/// their RTP timestamps from the first packet of the stream (one timestamp
-/// unit per G.711 sample, RFC 3551 §4.5.14), so that lost packets and a
-/// phone's silence suppression leave silence, duplicates and late packets
-/// fall in their place, and nothing is kept past the limit however fast
-/// or large the packets come. Another stream (SSRC) is left out.
+/// their RTP timestamps (one timestamp unit per G.711 sample, RFC 3551
+/// §4.5.14), so that lost packets and a phone's silence suppression leave
+/// silence and duplicates or reordered packets fall in their place. A
+/// packet from another stream (SSRC), or whose timestamp jumps more than a
+/// second back or five ahead (a source that restarted its clock), carries
+/// on from the end instead; one from before the first packet is left out.
+/// Nothing is kept past the limit, however fast or large the packets come.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Recording {
     samples: Vec<i16>,
-    first: Option<(u32, u32)>,
+    /// The stream, a timestamp of it and the sample that timestamp is at.
+    base: Option<(u32, u32, i64)>,
     max_samples: usize,
 }
 
 impl Recording {
+    const BACK: i64 = 8_000;
+    const AHEAD: i64 = 5 * 8_000;
+
     /// The longest message, bounded whatever the configuration says.
     fn limit(seconds: u64) -> Duration {
         Duration::from_secs(seconds.clamp(1, MAX_VOICEMAIL_SECONDS))
@@ -185,18 +191,32 @@ impl Recording {
         let max = Recording::limit(seconds).as_secs() * 8000;
         Recording {
             samples: Vec::new(),
-            first: None,
+            base: None,
             max_samples: usize::try_from(max).unwrap_or(usize::MAX),
         }
     }
 
     fn add(&mut self, ssrc: u32, timestamp: u32, law: Law, payload: &[u8]) {
-        let (stream, origin) = *self.first.get_or_insert((ssrc, timestamp));
-        if ssrc != stream {
-            return;
-        }
-        // Before the first packet (reordered) wraps to a huge offset: left out.
-        let offset = usize::try_from(timestamp.wrapping_sub(origin)).unwrap_or(usize::MAX);
+        let len = i64::try_from(self.samples.len()).unwrap_or(i64::MAX);
+        let placed = self.base.and_then(|(stream, base_ts, base_at)| {
+            let delta = i64::from(timestamp.wrapping_sub(base_ts) as i32);
+            (stream == ssrc).then_some(base_at + delta)
+        });
+        let at = match placed {
+            // Before the recording began (a late packet of before the tone).
+            Some(at) if (-Recording::BACK..0).contains(&at) && len < Recording::BACK => return,
+            Some(at)
+                if at >= 0 && (len - Recording::BACK..=len + Recording::AHEAD).contains(&at) =>
+            {
+                at
+            }
+            // A new stream, a clock that jumped, or the first packet.
+            _ => {
+                self.base = Some((ssrc, timestamp, len));
+                len
+            }
+        };
+        let offset = usize::try_from(at).unwrap_or(usize::MAX);
         if offset >= self.max_samples {
             return;
         }
@@ -998,9 +1018,10 @@ mod tests {
     }
 
     /// The recording is placed by RTP timestamp: a lost packet is silence,
-    /// a reordered one lands in its place, a duplicate changes nothing,
-    /// another stream is left out, and a flood of large packets (or a
-    /// timestamp far ahead) never grows it past the limit.
+    /// a reordered one lands in its place, a duplicate changes nothing, a
+    /// clock that jumps or another stream carries on from the end, and a
+    /// flood of large packets (or timestamps racing ahead) never grows it
+    /// past the limit.
     #[test]
     fn a_recording_follows_the_timestamps_and_stays_within_its_limit() {
         let mut recording = Recording::new(1);
@@ -1010,16 +1031,23 @@ mod tests {
         recording.add(7, base.wrapping_add(320), Law::Ulaw, &frame(0x30)); // 160 lost
         recording.add(7, base.wrapping_add(160), Law::Ulaw, &frame(0x20)); // late
         recording.add(7, base.wrapping_add(160), Law::Ulaw, &frame(0x20)); // duplicate
-        recording.add(8, base.wrapping_add(480), Law::Ulaw, &frame(0x40)); // stranger
         recording.add(7, base.wrapping_sub(160), Law::Ulaw, &frame(0x50)); // before the first
         recording.add(7, base.wrapping_add(800), Law::Ulaw, &frame(0x60)); // after a gap
+        // The source restarts its clock far back, then another stream:
+        // each carries on from the end.
+        recording.add(7, 12_345, Law::Ulaw, &frame(0x70));
+        recording.add(7, 12_505, Law::Ulaw, &frame(0x71));
+        recording.add(9, 5, Law::Ulaw, &frame(0x40));
         let s = &recording.samples;
-        assert_eq!(s.len(), 960);
+        assert_eq!(s.len(), 1_440);
         assert!(s[..160].iter().all(|&x| x == Law::Ulaw.decode(0x10)));
         assert!(s[160..320].iter().all(|&x| x == Law::Ulaw.decode(0x20)));
         assert!(s[320..480].iter().all(|&x| x == Law::Ulaw.decode(0x30)));
         assert!(s[480..800].iter().all(|&x| x == 0), "the gap is silence");
-        assert!(s[800..].iter().all(|&x| x == Law::Ulaw.decode(0x60)));
+        assert!(s[800..960].iter().all(|&x| x == Law::Ulaw.decode(0x60)));
+        assert!(s[960..1_120].iter().all(|&x| x == Law::Ulaw.decode(0x70)));
+        assert!(s[1_120..1_280].iter().all(|&x| x == Law::Ulaw.decode(0x71)));
+        assert!(s[1_280..].iter().all(|&x| x == Law::Ulaw.decode(0x40)));
 
         // A flood: 10,000 packets of 1,400 bytes, timestamps racing ahead.
         let mut flood = Recording::new(1);
